@@ -1,0 +1,3 @@
+from pia_server.cli import main
+
+raise SystemExit(main())

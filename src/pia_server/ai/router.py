@@ -1,0 +1,7 @@
+"""ai routes (filled in by the ai issue)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["ai"])

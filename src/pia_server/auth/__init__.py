@@ -1,0 +1,1 @@
+"""Accounts and authentication: users, OAuth/OIDC and local logins, JWT and refresh tokens."""

@@ -1,0 +1,7 @@
+"""Auth routes (filled in by the auth issue)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(tags=["auth"])

@@ -1,0 +1,1 @@
+"""Cross-cutting pieces: config, database, wire conventions, errors, rate limits, audit, logs."""

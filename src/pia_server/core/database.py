@@ -1,0 +1,125 @@
+"""The database: one async SQLAlchemy engine for SQLite (embedded) or PostgreSQL (production).
+
+Tables are SQLAlchemy Core ``Table`` objects on the shared :data:`metadata`, defined by each
+domain's ``storage`` module. All timestamps are integer .NET ticks (see ``core.wire``).
+
+SQLite write transactions start with ``BEGIN IMMEDIATE`` so that two concurrent writers queue
+on the busy timeout instead of failing when a read transaction tries to upgrade.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import MetaData, event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+from pia_server.core.config import Settings
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+    }
+)
+
+_WRITE_OPTION = "pia_write"
+
+
+def _sqlite_path(url: str) -> Path | None:
+    prefix = "sqlite+aiosqlite:///"
+    if url.startswith(prefix) and ":memory:" not in url:
+        return Path(url[len(prefix) :].split("?", 1)[0])
+    return None
+
+
+def build_engine(settings: Settings) -> AsyncEngine:
+    url = settings.database_url
+    db = settings.database
+    if url.startswith("sqlite"):
+        path = _sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(
+            url,
+            echo=db.echo,
+            pool_size=db.pool_size,
+            max_overflow=db.max_overflow,
+            connect_args={"timeout": db.statement_timeout_seconds},
+        )
+        _install_sqlite_hooks(engine)
+        return engine
+    server_settings = {
+        "statement_timeout": str(int(db.statement_timeout_seconds * 1000)),
+        "application_name": "pia-server",
+    }
+    if db.schema_name:
+        server_settings["search_path"] = db.schema_name
+    return create_async_engine(
+        url,
+        echo=db.echo,
+        pool_size=db.pool_size,
+        max_overflow=db.max_overflow,
+        pool_timeout=db.connect_timeout_seconds,
+        connect_args={
+            "timeout": db.connect_timeout_seconds,
+            "command_timeout": db.statement_timeout_seconds,
+            "server_settings": server_settings,
+        },
+    )
+
+
+def _install_sqlite_hooks(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Let us issue BEGIN ourselves (pysqlite's implicit transactions get in the way).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class Database:
+    """The engine plus the two ways to use it: :meth:`read` and :meth:`write` transactions."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine = build_engine(settings)
+        self.is_sqlite = settings.is_sqlite
+
+    @asynccontextmanager
+    async def read(self) -> AsyncIterator[AsyncConnection]:
+        async with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[AsyncConnection]:
+        """One transaction: everything inside lands, or nothing does."""
+        async with self.engine.connect() as conn:
+            if self.is_sqlite:
+                conn = await conn.execution_options(**{_WRITE_OPTION: True})
+            async with conn.begin():
+                yield conn
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()
