@@ -31,6 +31,7 @@ from pia_server.auth.tokens import AccessTokens
 from pia_server.core.config import Settings, load_settings
 from pia_server.core.context import AppContext
 from pia_server.core.database import metadata
+from pia_server.core.logging import configure_logging
 from pia_server.core.migrations import migrate
 from pia_server.core.tables import import_all_tables
 from pia_server.core.wire import now_ticks
@@ -78,6 +79,12 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _structured_logs() -> None:
+    """Logs go through the standard library, so that ``caplog`` sees what a server would write."""
+    configure_logging("info", "json")
+
+
 @pytest.fixture(scope="session")
 def _migrated_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     """Migrate once per run: a template SQLite file, and this run's PostgreSQL schema."""
@@ -87,7 +94,9 @@ def _migrated_templates(tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     asyncio.run(migrate(sqlite_settings))
     templates = {"sqlite": root / "data" / "pia.db"}
     if PG_URL:
-        asyncio.run(migrate(load_settings(environ={}, overrides=base_overrides(root, "postgresql"))))
+        asyncio.run(
+            migrate(load_settings(environ={}, overrides=base_overrides(root, "postgresql")))
+        )
     yield templates
     if PG_URL:
         asyncio.run(_drop_schema(PG_SCHEMA))
@@ -101,7 +110,9 @@ async def _drop_schema(schema: str) -> None:
 
 
 async def _truncate_pg() -> None:
-    engine = create_async_engine(PG_URL, connect_args={"server_settings": {"search_path": PG_SCHEMA}})
+    engine = create_async_engine(
+        PG_URL, connect_args={"server_settings": {"search_path": PG_SCHEMA}}
+    )
     names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
     async with engine.begin() as conn:
         await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
@@ -128,7 +139,7 @@ SettingsFactory = Callable[..., Settings]
 @pytest.fixture
 def make_settings(
     backend: str, tmp_path: Path, _migrated_templates: dict[str, Path]
-) -> Iterator[SettingsFactory]:
+) -> SettingsFactory:
     """Settings on a fresh, migrated database of the test's backend; pass section overrides."""
     data_dir = tmp_path / "data"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -138,9 +149,11 @@ def make_settings(
         asyncio.run(_truncate_pg())
 
     def factory(**sections: dict[str, Any]) -> Settings:
-        return load_settings(environ={}, overrides=deep_merge(base_overrides(tmp_path, backend), sections))
+        return load_settings(
+            environ={}, overrides=deep_merge(base_overrides(tmp_path, backend), sections)
+        )
 
-    yield factory
+    return factory
 
 
 @asynccontextmanager

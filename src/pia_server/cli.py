@@ -76,6 +76,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def _serve_granian(settings: Settings, args: argparse.Namespace) -> int:
     from granian import Granian
+    from granian.constants import Interfaces
 
     # Workers are separate processes: they rebuild the settings from the same file and
     # environment, so hand the command-line overrides over as environment variables.
@@ -87,7 +88,7 @@ def _serve_granian(settings: Settings, args: argparse.Namespace) -> int:
         "pia_server.asgi:app",
         address=settings.server.host,
         port=settings.server.port,
-        interface="asgi",
+        interface=Interfaces.ASGI,
         workers=settings.server.workers,
     ).serve()
     return 0

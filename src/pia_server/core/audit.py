@@ -20,7 +20,9 @@ audit_events = Table(
     "audit_events",
     metadata,
     # INTEGER on SQLite so that the column is the rowid (auto-increment); BIGINT elsewhere.
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
     Column("user_id", String(36), nullable=True),
     Column("event", String(64), nullable=False),
     Column("created_at", BigInteger, nullable=False),

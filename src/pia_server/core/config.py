@@ -133,6 +133,13 @@ class AuthSettings(_Section):
     redirect_uri_allowlist: list[str] = []
     providers: dict[Literal["google", "microsoft", "entraid"], OAuthProviderSettings] = {}
     smtp: SmtpSettings = SmtpSettings()
+    # Argon2id cost (argon2-cffi's defaults); lower only for tests.
+    argon2_time_cost: int = Field(3, ge=1, le=20)
+    argon2_memory_kib: int = Field(65_536, ge=8, le=4_194_304)
+    argon2_parallelism: int = Field(4, ge=1, le=64)
+    # OAuth state/nonce/PKCE lifetime, and how long provider discovery documents are cached.
+    login_state_minutes: int = Field(10, ge=1, le=60)
+    discovery_cache_seconds: int = Field(3600, ge=0, le=86_400)
 
 
 class RateLimitSettings(_Section):
@@ -180,7 +187,13 @@ class QuotaSettings(_Section):
 
 class AiProviderSettings(_Section):
     type: Literal[
-        "openai", "azure-openai", "openrouter", "mistral", "ollama", "openai-compatible", "anthropic"
+        "openai",
+        "azure-openai",
+        "openrouter",
+        "mistral",
+        "ollama",
+        "openai-compatible",
+        "anthropic",
     ]
     base_url: str = ""
     api_key: str = ""
@@ -273,7 +286,7 @@ def _env_overrides(environ: Mapping[str, str]) -> dict[str, dict[str, Any]]:
 
 
 def _env_value(value: str) -> Any:
-    # Lists and tables can be given as TOML inline values, e.g. PIA_SERVER__TRUSTED_PROXIES='["10.0.0.1"]'.
+    # Lists and tables may be TOML inline values: PIA_SERVER__TRUSTED_PROXIES='["10.0.0.1"]'.
     if value[:1] in "[{":
         try:
             return tomllib.loads(f"v = {value}")["v"]
@@ -305,7 +318,7 @@ def load_settings(
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
 ) -> Settings:
-    """Build the settings from (lowest first) defaults, the TOML file, the environment, overrides."""
+    """Settings from (lowest first) defaults, the TOML file, the environment, ``overrides``."""
     env = os.environ if environ is None else environ
     path = config_path or env.get("PIA_CONFIG") or None
     tree: dict[str, Any] = {}

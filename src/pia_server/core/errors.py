@@ -43,11 +43,6 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-class ServiceUnavailable(ApiError):
-    def __init__(self, code: str, message: str, retry_after: int = 5) -> None:
-        super().__init__(503, code, message, headers={"Retry-After": str(retry_after)})
-
-
 def validation_error(errors: list[dict[str, str]], message: str | None = None) -> ApiError:
     first = errors[0]["field"] if errors else "body"
     return ApiError(

@@ -15,8 +15,19 @@ from typing import Any
 import structlog
 
 _SENSITIVE_PARTS = (
-    "token", "password", "secret", "authorization", "api_key", "apikey", "cookie",
-    "prompt", "text", "content", "messages", "code_verifier", "proof",
+    "token",
+    "password",
+    "secret",
+    "authorization",
+    "api_key",
+    "apikey",
+    "cookie",
+    "prompt",
+    "text",
+    "content",
+    "messages",
+    "code_verifier",
+    "proof",
 )
 _ALLOWED = {"event", "level", "timestamp", "logger", "request_id", "path", "method", "status"}
 

@@ -24,7 +24,9 @@ _ADVISORY_LOCK_KEY = 0x5049_4153_4552_5652  # "PIASERVR"
 
 def alembic_config() -> Config:
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).resolve().parent.parent / "migrations"))
+    cfg.set_main_option(
+        "script_location", str(Path(__file__).resolve().parent.parent / "migrations")
+    )
     return cfg
 
 

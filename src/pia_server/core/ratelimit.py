@@ -46,8 +46,14 @@ class Decision:
 class PolicyLimiter:
     """Checks one hit against a named policy, for one key (a user or a client address)."""
 
-    def __init__(self, settings: RateLimitSettings, redis_url: str, metrics: Metrics,
-                 redis_retry_seconds: float = 5.0, key_prefix: str = "pia") -> None:
+    def __init__(
+        self,
+        settings: RateLimitSettings,
+        redis_url: str,
+        metrics: Metrics,
+        redis_retry_seconds: float = 5.0,
+        key_prefix: str = "pia",
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.items: dict[str, RateLimitItem] = {
@@ -59,8 +65,12 @@ class PolicyLimiter:
         self._redis_storage: Storage | None = None
         if redis_url:
             self._redis_storage = RedisStorage(
-                redis_url, implementation="redispy", key_prefix=f"{key_prefix}-limits",
-                wrap_exceptions=True, socket_timeout=1.0, socket_connect_timeout=1.0,
+                redis_url,
+                implementation="redispy",
+                key_prefix=f"{key_prefix}-limits",
+                wrap_exceptions=True,
+                socket_timeout=1.0,
+                socket_connect_timeout=1.0,
             )
             self._redis = strategy(self._redis_storage)
         self._redis_down_until = 0.0
@@ -76,7 +86,7 @@ class PolicyLimiter:
         if self._redis is not None and time.monotonic() >= self._redis_down_until:
             try:
                 return await self._check(self._redis, item, policy, key, cost)
-            except Exception as exc:  # noqa: BLE001 - any storage failure means: fall back
+            except Exception as exc:
                 self._redis_down_until = time.monotonic() + self._redis_retry
                 self.metrics.rate_limit_fallbacks.inc()
                 log.warning(

@@ -27,5 +27,9 @@ def model_response(
 
 
 def json_bytes_response(content: bytes, status_code: int = 200, **headers: Any) -> Response:
-    return Response(content=content, status_code=status_code, media_type=JSON_MEDIA_TYPE,
-                    headers={k.replace("_", "-"): str(v) for k, v in headers.items()})
+    return Response(
+        content=content,
+        status_code=status_code,
+        media_type=JSON_MEDIA_TYPE,
+        headers={k.replace("_", "-"): str(v) for k, v in headers.items()},
+    )

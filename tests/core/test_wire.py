@@ -1,0 +1,153 @@
+"""The wire conventions, on their own: what the C# client writes must read back exactly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from uuid import UUID
+
+import pytest
+from pydantic import Field, ValidationError
+
+from pia_server.core.wire import (
+    MAX_TICKS,
+    TimestampError,
+    WireList,
+    WireModel,
+    WireTime,
+    datetime_from_ticks,
+    error_field_path,
+    format_timestamp,
+    parse_query_timestamp,
+    parse_timestamp,
+    ticks_from_datetime,
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-03-27T12:34:56.1234567Z", "2026-03-27T12:34:56.1234567Z"),
+        ("2026-03-27T12:34:56Z", "2026-03-27T12:34:56.0000000Z"),
+        ("2026-03-27T12:34:56.5Z", "2026-03-27T12:34:56.5000000Z"),
+        ("0001-01-01T00:00:00", "0001-01-01T00:00:00.0000000Z"),
+        ("0001-01-01T00:00:00.0000000", "0001-01-01T00:00:00.0000000Z"),
+        ("9999-12-31T23:59:59.9999999", "9999-12-31T23:59:59.9999999Z"),
+        ("9999-12-31T23:59:59.9999999Z", "9999-12-31T23:59:59.9999999Z"),
+        # No suffix means UTC (DateTimeKind.Unspecified as the early client writes it).
+        ("2026-03-27T12:34:56.1234567", "2026-03-27T12:34:56.1234567Z"),
+        # Offsets are converted to UTC, 7 digits intact.
+        ("2026-03-27T13:34:56.1234567+01:00", "2026-03-27T12:34:56.1234567Z"),
+        ("2026-03-27T10:04:56.1234567-02:30", "2026-03-27T12:34:56.1234567Z"),
+        ("2026-03-27T12:34:56.1234567+00:00", "2026-03-27T12:34:56.1234567Z"),
+    ],
+)
+def test_client_timestamps_round_trip_with_seven_digits(text: str, expected: str) -> None:
+    assert format_timestamp(parse_timestamp(text)) == expected
+
+
+def test_seventh_digit_orders_timestamps() -> None:
+    # Python's datetime would collapse these two; the client compares them.
+    a = parse_timestamp("2026-03-27T12:34:56.1234567Z")
+    b = parse_timestamp("2026-03-27T12:34:56.1234568Z")
+    assert b - a == 1
+
+
+def test_extremes() -> None:
+    assert parse_timestamp("0001-01-01T00:00:00Z") == 0
+    assert parse_timestamp("9999-12-31T23:59:59.9999999Z") == MAX_TICKS
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "yesterday",
+        "2026-13-01T00:00:00Z",
+        "2026-02-30T00:00:00Z",
+        "2026-01-01T25:00:00Z",
+        "2026-01-01",
+        "0001-01-01T00:00:00+01:00",  # before year 1 once converted
+        "9999-12-31T23:59:59.9999999-01:00",  # after DateTime.MaxValue once converted
+        "2026-01-01T00:00:00+15:00",
+        "2026-01-01T00:00:00Zjunk",
+    ],
+)
+def test_bad_timestamps_are_refused(text: str) -> None:
+    with pytest.raises(TimestampError):
+        parse_timestamp(text)
+
+
+def test_query_plus_that_became_a_space_is_put_back() -> None:
+    assert parse_query_timestamp("2026-03-27T13:34:56.1234567 01:00") == parse_timestamp(
+        "2026-03-27T12:34:56.1234567Z"
+    )
+    assert parse_query_timestamp("0001-01-01T00:00:00.0000000") == 0
+
+
+def test_timestamps_out_always_end_in_z_never_offset() -> None:
+    text = format_timestamp(ticks_from_datetime(dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC)))
+    assert text == "2026-01-02T03:04:05.0000060Z"
+    assert "+00:00" not in text
+
+
+def test_datetime_conversions_round_trip() -> None:
+    moment = dt.datetime(1, 1, 1, tzinfo=dt.UTC)
+    assert datetime_from_ticks(ticks_from_datetime(moment)) == moment
+    later = dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC)
+    assert datetime_from_ticks(ticks_from_datetime(later)) == later
+
+
+class Sample(WireModel):
+    user_id: UUID
+    updated_at: WireTime
+    tags: WireList[str] = Field(default_factory=list)
+    display_name: str | None = None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"userId": "A1B2C3D4-0000-4000-8000-00000000000F", "updatedAt": "2026-03-27T12:34:56Z"},
+        {"UserId": "a1b2c3d4-0000-4000-8000-00000000000f", "UpdatedAt": "2026-03-27T12:34:56Z"},
+        {"user_id": "{a1b2c3d4-0000-4000-8000-00000000000f}", "updated_at": "2026-03-27T12:34:56Z"},
+        {"userId": "a1b2c3d400004000800000000000000f", "updatedAt": "2026-03-27T12:34:56Z"},
+    ],
+)
+def test_any_casing_binds_and_guids_go_out_lowercase(payload: dict[str, str]) -> None:
+    model = Sample.model_validate_json(json.dumps(payload))
+    out = json.loads(model.model_dump_json())
+    assert out["userId"] == "a1b2c3d4-0000-4000-8000-00000000000f"
+    assert out["updatedAt"] == "2026-03-27T12:34:56.0000000Z"
+    assert set(out) == {"userId", "updatedAt", "tags", "displayName"}
+
+
+def test_null_collection_reads_as_empty_and_is_never_written_as_null() -> None:
+    model = Sample.model_validate_json(
+        '{"userId": "a1b2c3d4-0000-4000-8000-00000000000f",'
+        ' "updatedAt": "2026-03-27T12:34:56Z", "tags": null}'
+    )
+    assert model.tags == []
+    assert json.loads(model.model_dump_json())["tags"] == []
+
+
+def test_unknown_keys_are_ignored() -> None:
+    model = Sample.model_validate_json(
+        '{"userId": "a1b2c3d4-0000-4000-8000-00000000000f",'
+        ' "updatedAt": "2026-03-27T12:34:56Z", "somethingNew": 1}'
+    )
+    assert model.display_name is None
+
+
+def test_timestamp_must_be_a_string_on_the_wire() -> None:
+    with pytest.raises(ValidationError):
+        Sample.model_validate_json(
+            '{"userId": "a1b2c3d4-0000-4000-8000-00000000000f", "updatedAt": 12345}'
+        )
+
+
+def test_error_paths_read_like_the_body() -> None:
+    assert error_field_path(("templates", "upserted", 3, "updatedAt")) == (
+        "templates.upserted[3].updatedAt"
+    )
+    assert error_field_path(()) == ""
