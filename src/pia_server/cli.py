@@ -16,7 +16,7 @@ from pia_server.core.logging import configure_logging
 
 # Modules that add subcommands: each has ``register(subparsers)``; the handlers they set take
 # ``(settings, args)`` and return an exit status.
-COMMAND_MODULES = ("pia_server.auth.cli",)
+COMMAND_MODULES = ("pia_server.auth.cli", "pia_server.ops.cli")
 
 Handler = Callable[[Settings, argparse.Namespace], int]
 
