@@ -133,12 +133,20 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, handle_http_exception)
     app.add_exception_handler(RequestValidationError, handle_validation)
     app.add_exception_handler(ValidationError, handle_validation)
-    app.add_exception_handler(OperationalError, handle_database_error)
     app.add_exception_handler(PoolTimeoutError, handle_database_error)
     app.add_exception_handler(ConnectionError, handle_database_error)
 
     async def handle_dbapi_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, DBAPIError)
+        if _is_storage_full(exc):
+            # The transaction was rolled back: nothing half-written, and the client can retry later.
+            log.error("storage_full", error=type(exc.orig).__name__)
+            return error_response(
+                507,
+                "storage_full",
+                "The server's storage is full; nothing was saved. Try again later.",
+                {"Retry-After": "60"},
+            )
         if exc.connection_invalidated or _is_connection_problem(exc):
             return await handle_database_error(request, exc)
         raise exc
@@ -146,7 +154,16 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(DBAPIError, handle_dbapi_error)
 
 
+def _is_storage_full(exc: DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return "disk is full" in text or "no space left" in text or "disk full" in text
+
+
 def _is_connection_problem(exc: DBAPIError) -> bool:
+    # DB-API's OperationalError: the database's operation failed (disconnect, busy, out of
+    # resources), not our SQL: a retryable 503 rather than a 500.
+    if isinstance(exc, OperationalError):
+        return True
     text = f"{type(exc.orig).__name__} {exc.orig}".lower()
     return any(
         marker in text
