@@ -995,7 +995,9 @@ class FakeUpstream:
 
 
 def _bind_loopback(port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP so that asyncio switches Nagle off on accepted connections (it checks
+    # the listening socket's proto); without it small writes wait ~40 ms for delayed ACKs.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((LOOPBACK_HOST, port))
     sock.listen(1024)
