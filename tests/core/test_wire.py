@@ -151,3 +151,16 @@ def test_error_paths_read_like_the_body() -> None:
         "templates.upserted[3].updatedAt"
     )
     assert error_field_path(()) == ""
+
+
+class Flags(WireModel):
+    is_e2ee_encrypted: bool = False
+    e2ee_enabled: bool = False
+
+
+def test_acronyms_keep_the_client_spelling() -> None:
+    # The C# DTO writes IsE2EEEncrypted; a plain camel-casing would expect isE2EeEncrypted.
+    for key in ("isE2EEEncrypted", "IsE2EEEncrypted", "is_e2ee_encrypted"):
+        assert Flags.model_validate_json(f'{{"{key}": true}}').is_e2ee_encrypted
+    out = json.loads(Flags(is_e2ee_encrypted=True, e2ee_enabled=True).model_dump_json())
+    assert out == {"isE2EEEncrypted": True, "e2eeEnabled": True}

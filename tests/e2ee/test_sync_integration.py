@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, update
 
@@ -211,11 +210,6 @@ async def test_plaintext_push_to_e2ee_account_is_refused(
     await _push_plaintext_after_bootstrap(new_device, app, flag=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sync push skips the plaintext check when the request says isE2EEEncrypted=true "
-    "(sync/service.py); readable content must be refused whatever the flag says",
-)
 async def test_plaintext_claiming_to_be_encrypted_is_refused(
     new_device: E2eeFactory, app: FastAPI
 ) -> None:

@@ -121,7 +121,10 @@ class SmtpSettings(_Section):
 class AuthSettings(_Section):
     # Empty: generated once into <data_dir>/jwt-secret (mode 0600).
     jwt_secret: str = ""
-    access_token_ttl_seconds: int = Field(900, ge=60, le=86_400)
+    # The client refreshes after 14 minutes: keep 900 or more outside of tests.
+    access_token_ttl_seconds: int = Field(900, ge=1, le=86_400)
+    # Clock skew forgiven on expiry; the issue caps it at 30 s.
+    access_token_leeway_seconds: int = Field(30, ge=0, le=30)
     refresh_token_ttl_days: int = Field(30, ge=1, le=365)
     max_refresh_tokens: int = Field(10, ge=1, le=1000)
     refresh_reuse_grace_seconds: int = Field(30, ge=0, le=300)
@@ -140,6 +143,16 @@ class AuthSettings(_Section):
     # OAuth state/nonce/PKCE lifetime, and how long provider discovery documents are cached.
     login_state_minutes: int = Field(10, ge=1, le=60)
     discovery_cache_seconds: int = Field(3600, ge=0, le=86_400)
+
+    @field_validator("providers")
+    @classmethod
+    def _entra_tenant(
+        cls, value: dict[str, OAuthProviderSettings]
+    ) -> dict[str, OAuthProviderSettings]:
+        entra = value.get("entraid")
+        if entra is not None and entra.client_id and not (entra.tenant_id or entra.issuer):
+            raise ValueError("entraid needs tenant_id (your directory's id or domain)")
+        return value
 
 
 class RateLimitSettings(_Section):
@@ -175,6 +188,15 @@ class SyncSettings(_Section):
     max_page_size: int = Field(500, ge=1, le=500)
     # base64 of 32 bytes for provider API keys at rest; empty: generated into the data dir.
     encryption_key: str = ""
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        if value:
+            from pia_server.sync.keys import decode_key
+
+            decode_key(value)  # raises ValueError naming what is wrong
+        return value
 
 
 class QuotaSettings(_Section):

@@ -26,7 +26,6 @@ from pydantic import (
     ValidationInfo,
     WithJsonSchema,
 )
-from pydantic.alias_generators import to_camel, to_pascal
 
 TICKS_PER_SECOND = 10_000_000
 TICKS_PER_DAY = 86_400 * TICKS_PER_SECOND
@@ -153,6 +152,25 @@ WireList = Annotated[list[T], BeforeValidator(_none_to_empty_list)]
 
 def format_guid(value: UUID | str) -> str:
     return str(value if isinstance(value, UUID) else UUID(value))
+
+
+# Name parts the C# DTOs spell in capitals (IsE2EEEncrypted), which a plain camel-casing
+# would turn into "isE2EeEncrypted" and so never match the client's key.
+_ACRONYMS = {"e2ee": "E2EE"}
+
+
+def _word(part: str) -> str:
+    return _ACRONYMS.get(part, part[:1].upper() + part[1:])
+
+
+def to_camel(name: str) -> str:
+    """``is_e2ee_encrypted`` -> ``isE2EEEncrypted``, ``updated_at`` -> ``updatedAt``."""
+    first, *rest = name.split("_")
+    return first + "".join(_word(p) for p in rest if p)
+
+
+def to_pascal(name: str) -> str:
+    return "".join(_word(p) for p in name.split("_") if p)
 
 
 def _validation_alias(name: str) -> AliasChoices:

@@ -10,7 +10,6 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Request
 from pydantic import ValidationError
-from pydantic.alias_generators import to_camel
 from starlette.responses import Response
 
 from pia_server.auth.dependencies import CurrentUser
@@ -18,7 +17,7 @@ from pia_server.core.context import AppContext, get_context
 from pia_server.core.errors import ApiError, is_json_decode_error, pydantic_errors, validation_error
 from pia_server.core.ratelimit import rate_limit
 from pia_server.core.responses import model_response
-from pia_server.core.wire import WireModel
+from pia_server.core.wire import WireModel, to_camel
 from pia_server.e2ee import errors
 from pia_server.e2ee.schemas import (
     MAX_DEVICE_ID,

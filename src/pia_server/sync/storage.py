@@ -1,3 +1,425 @@
-"""sync tables and queries (filled in by the sync issue)."""
+"""Sync tables and queries (SQLAlchemy Core).
+
+One generic store holds every entity type (``sync_records``): the DTO as stored (JSON text),
+the entity's own timestamp for last-write-wins, and the server's change time and per-user change
+sequence for pulls. ``sync_state`` is the per-user row whose lock serializes one user's pushes and
+whose counters allocate change sequences; ``sync_usage`` keeps quota counters up to date so that
+no push or status has to aggregate a user's whole data set.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ColumnElement,
+    ForeignKey,
+    Index,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    and_,
+    bindparam,
+    func,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from pia_server.core.database import metadata
+
+
+def _user_fk(table: str) -> ForeignKey:
+    return ForeignKey("users.id", ondelete="CASCADE", name=f"fk_{table}_user_id_users")
+
+
+sync_records = Table(
+    "sync_records",
+    metadata,
+    Column("user_id", String(36), _user_fk("sync_records"), nullable=False),
+    # The entity id first: a push looks up all its ids with one IN list, whatever their types.
+    Column("entity_id", String(36), nullable=False),
+    Column("entity", String(32), nullable=False),
+    # The DTO as stored (camelCase JSON); empty for a tombstone.
+    Column("payload", Text, nullable=False),
+    # A provider's plaintext API key, AES-GCM encrypted with the server key (never in payload).
+    Column("secret", Text, nullable=True),
+    # The entity's own timestamp (ticks) that last-write-wins compares.
+    Column("entity_ts", BigInteger, nullable=False),
+    # Server change time (ticks) and per-user change sequence: what pulls select on.
+    Column("changed_at", BigInteger, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("deleted", Boolean, nullable=False, default=False),
+    Column("deleted_at", BigInteger, nullable=True),
+    Column("size", Integer, nullable=False),
+    # Stored end-to-end encrypted (the server cannot read its content).
+    Column("encrypted", Boolean, nullable=False, default=False),
+    PrimaryKeyConstraint("user_id", "entity_id", "entity", name="pk_sync_records"),
+    Index("ix_sync_records_user_id_seq", "user_id", "seq", unique=True),
+    Index("ix_sync_records_user_id_changed_at_seq", "user_id", "changed_at", "seq"),
+)
+
+sync_state = Table(
+    "sync_state",
+    metadata,
+    Column("user_id", String(36), _user_fk("sync_state"), primary_key=True),
+    Column("last_seq", BigInteger, nullable=False, default=0),
+    Column("last_changed_at", BigInteger, nullable=False, default=0),
+    Column("last_push_at", BigInteger, nullable=True),
+    Column("last_pull_at", BigInteger, nullable=True),
+)
+
+sync_usage = Table(
+    "sync_usage",
+    metadata,
+    Column("user_id", String(36), _user_fk("sync_usage"), nullable=False),
+    Column("entity", String(32), nullable=False),
+    Column("records", BigInteger, nullable=False, default=0),
+    Column("bytes", BigInteger, nullable=False, default=0),
+    PrimaryKeyConstraint("user_id", "entity", name="pk_sync_usage"),
+)
+
+sync_devices = Table(
+    "sync_devices",
+    metadata,
+    Column("user_id", String(36), _user_fk("sync_devices"), nullable=False),
+    Column("device_id", String(128), nullable=False),
+    Column("first_seen_at", BigInteger, nullable=False),
+    Column("last_seen_at", BigInteger, nullable=False),
+    Column("pushes", BigInteger, nullable=False, default=0),
+    PrimaryKeyConstraint("user_id", "device_id", name="pk_sync_devices"),
+)
+
+
+def _insert(conn: AsyncConnection, table: Table) -> Any:
+    """The dialect's INSERT (both have ON CONFLICT)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+@dataclass(frozen=True, slots=True)
+class SyncState:
+    last_seq: int
+    last_changed_at: int
+    last_push_at: int | None
+    last_pull_at: int | None
+
+
+async def lock_state(conn: AsyncConnection, user_id: str) -> SyncState:
+    """Create or lock the user's state row and return it.
+
+    ON CONFLICT DO UPDATE locks the row on PostgreSQL until the transaction ends, so one user's
+    pushes queue up here; SQLite writers are already serialized by BEGIN IMMEDIATE.
+    """
+    stmt = _insert(conn, sync_state).values(user_id=user_id, last_seq=0, last_changed_at=0)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[sync_state.c.user_id],
+        # A no-op update: its point is the row lock (and RETURNING the current values).
+        set_={"last_seq": sync_state.c.last_seq},
+    ).returning(
+        sync_state.c.last_seq,
+        sync_state.c.last_changed_at,
+        sync_state.c.last_push_at,
+        sync_state.c.last_pull_at,
+    )
+    row = (await conn.execute(stmt)).one()
+    return SyncState(row[0], row[1], row[2], row[3])
+
+
+async def read_state(conn: AsyncConnection, user_id: str) -> SyncState | None:
+    row = (
+        await conn.execute(
+            select(
+                sync_state.c.last_seq,
+                sync_state.c.last_changed_at,
+                sync_state.c.last_push_at,
+                sync_state.c.last_pull_at,
+            ).where(sync_state.c.user_id == user_id)
+        )
+    ).first()
+    return None if row is None else SyncState(row[0], row[1], row[2], row[3])
+
+
+async def save_state(
+    conn: AsyncConnection,
+    user_id: str,
+    *,
+    last_seq: int,
+    last_changed_at: int,
+    last_push_at: int,
+) -> None:
+    await conn.execute(
+        update(sync_state)
+        .where(sync_state.c.user_id == user_id)
+        .values(last_seq=last_seq, last_changed_at=last_changed_at, last_push_at=last_push_at)
+    )
+
+
+async def mark_pulled(conn: AsyncConnection, user_id: str, when: int) -> None:
+    await conn.execute(
+        update(sync_state).where(sync_state.c.user_id == user_id).values(last_pull_at=when)
+    )
+
+
+@dataclass(slots=True)
+class StoredMeta:
+    """What a push needs to know of a stored record (no payload)."""
+
+    entity_ts: int
+    changed_at: int
+    deleted: bool
+    deleted_at: int | None
+    size: int
+    encrypted: bool
+
+
+# Bind parameters per IN list: well under SQLite's and asyncpg's limits (32,766 / 32,767).
+_IN_CHUNK = 2000
+
+
+def _chunks(values: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[str]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _id_in(conn: AsyncConnection, ids: Sequence[str]) -> ColumnElement[bool]:
+    """``entity_id IN (...)``; on PostgreSQL one array parameter (``= ANY``), one cached plan."""
+    if conn.dialect.name == "postgresql":
+        array = bindparam("entity_ids", list(ids), type_=postgresql.ARRAY(String(36)))
+        return sync_records.c.entity_id == func.any(array)
+    return sync_records.c.entity_id.in_(ids)
+
+
+async def fetch_meta(
+    conn: AsyncConnection, user_id: str, entity_ids: Sequence[str]
+) -> dict[tuple[str, str], StoredMeta]:
+    """Stored timestamps and flags of these ids (any type), keyed by ``(entity, id)``."""
+    out: dict[tuple[str, str], StoredMeta] = {}
+    t = sync_records.c
+    for chunk in _chunks(entity_ids):
+        result = await conn.execute(
+            select(
+                t.entity,
+                t.entity_id,
+                t.entity_ts,
+                t.changed_at,
+                t.deleted,
+                t.deleted_at,
+                t.size,
+                t.encrypted,
+            ).where(t.user_id == user_id, _id_in(conn, chunk))
+        )
+        for row in result:
+            out[(row[0], row[1])] = StoredMeta(
+                row[2], row[3], bool(row[4]), row[5], row[6], bool(row[7])
+            )
+    return out
+
+
+async def fetch_payloads(
+    conn: AsyncConnection, user_id: str, keys: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], tuple[str, str | None]]:
+    """``(payload, secret)`` of these records, keyed by ``(entity, id)``."""
+    out: dict[tuple[str, str], tuple[str, str | None]] = {}
+    wanted = set(keys)
+    ids = sorted({k[1] for k in keys})
+    t = sync_records.c
+    for chunk in _chunks(ids):
+        result = await conn.execute(
+            select(t.entity, t.entity_id, t.payload, t.secret).where(
+                t.user_id == user_id, _id_in(conn, chunk)
+            )
+        )
+        for row in result:
+            if (row[0], row[1]) in wanted:
+                out[(row[0], row[1])] = (row[2], row[3])
+    return out
+
+
+async def write_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Insert or replace whole records (one statement, executemany)."""
+    if not rows:
+        return
+    stmt = _insert(conn, sync_records)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[sync_records.c.user_id, sync_records.c.entity_id, sync_records.c.entity],
+        set_={
+            name: stmt.excluded[name]
+            for name in (
+                "payload",
+                "secret",
+                "entity_ts",
+                "changed_at",
+                "seq",
+                "deleted",
+                "deleted_at",
+                "size",
+                "encrypted",
+            )
+        },
+    )
+    await conn.execute(stmt, rows)
+
+
+async def read_usage(conn: AsyncConnection, user_id: str) -> dict[str, tuple[int, int]]:
+    """Live records and bytes per entity type."""
+    result = await conn.execute(
+        select(sync_usage.c.entity, sync_usage.c.records, sync_usage.c.bytes).where(
+            sync_usage.c.user_id == user_id
+        )
+    )
+    return {row[0]: (int(row[1]), int(row[2])) for row in result}
+
+
+async def add_usage(
+    conn: AsyncConnection, user_id: str, deltas: dict[str, tuple[int, int]]
+) -> None:
+    rows = [
+        {"user_id": user_id, "entity": entity, "records": records, "bytes": size}
+        for entity, (records, size) in deltas.items()
+        if records or size
+    ]
+    if not rows:
+        return
+    stmt = _insert(conn, sync_usage)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[sync_usage.c.user_id, sync_usage.c.entity],
+        set_={
+            "records": sync_usage.c.records + stmt.excluded.records,
+            "bytes": sync_usage.c.bytes + stmt.excluded.bytes,
+        },
+    )
+    await conn.execute(stmt, rows)
+
+
+async def touch_sync_device(conn: AsyncConnection, user_id: str, device_id: str, when: int) -> None:
+    stmt = _insert(conn, sync_devices).values(
+        user_id=user_id, device_id=device_id, first_seen_at=when, last_seen_at=when, pushes=1
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[sync_devices.c.user_id, sync_devices.c.device_id],
+        set_={"last_seen_at": stmt.excluded.last_seen_at, "pushes": sync_devices.c.pushes + 1},
+    )
+    await conn.execute(stmt)
+
+
+async def list_devices(conn: AsyncConnection, user_id: str) -> list[tuple[str, int, int, int]]:
+    """``(device_id, first_seen_at, last_seen_at, pushes)``, most recently seen first."""
+    result = await conn.execute(
+        select(
+            sync_devices.c.device_id,
+            sync_devices.c.first_seen_at,
+            sync_devices.c.last_seen_at,
+            sync_devices.c.pushes,
+        )
+        .where(sync_devices.c.user_id == user_id)
+        .order_by(sync_devices.c.last_seen_at.desc())
+    )
+    return [(r[0], r[1], r[2], r[3]) for r in result]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangedRow:
+    entity: str
+    entity_id: str
+    payload: str
+    secret: str | None
+    deleted: bool
+    changed_at: int
+    seq: int
+
+
+_CHANGED_COLUMNS = (
+    sync_records.c.entity,
+    sync_records.c.entity_id,
+    sync_records.c.payload,
+    sync_records.c.secret,
+    sync_records.c.deleted,
+    sync_records.c.changed_at,
+    sync_records.c.seq,
+)
+
+
+def _changed(rows: Iterable[Any]) -> list[ChangedRow]:
+    return [ChangedRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
+
+
+async def changes_since_time(
+    conn: AsyncConnection, user_id: str, since: int, limit: int | None
+) -> list[ChangedRow]:
+    """Records whose change time is at or after ``since``, in change order."""
+    t = sync_records.c
+    stmt = (
+        select(*_CHANGED_COLUMNS)
+        .where(t.user_id == user_id, t.changed_at >= since)
+        .order_by(t.changed_at, t.seq)
+    )
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return _changed(await conn.execute(stmt))
+
+
+async def changes_after_seq(
+    conn: AsyncConnection, user_id: str, after_seq: int, limit: int | None
+) -> list[ChangedRow]:
+    t = sync_records.c
+    stmt = select(*_CHANGED_COLUMNS).where(t.user_id == user_id, t.seq > after_seq).order_by(t.seq)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return _changed(await conn.execute(stmt))
+
+
+async def rest_of_group(
+    conn: AsyncConnection, user_id: str, changed_at: int, after_seq: int
+) -> list[ChangedRow]:
+    """The records of one change time after ``after_seq`` (a page never splits a group)."""
+    t = sync_records.c
+    stmt = (
+        select(*_CHANGED_COLUMNS)
+        .where(and_(t.user_id == user_id, t.changed_at == changed_at, t.seq > after_seq))
+        .order_by(t.seq)
+    )
+    return _changed(await conn.execute(stmt))
+
+
+async def has_changes_after(conn: AsyncConnection, user_id: str, after_seq: int) -> bool:
+    t = sync_records.c
+    row = (
+        await conn.execute(select(t.seq).where(t.user_id == user_id, t.seq > after_seq).limit(1))
+    ).first()
+    return row is not None
+
+
+async def find_record(
+    conn: AsyncConnection, user_id: str, entity: str, entity_id: str
+) -> tuple[str, bool, bool] | None:
+    """``(payload, deleted, encrypted)`` of one record of this user."""
+    t = sync_records.c
+    row = (
+        await conn.execute(
+            select(t.payload, t.deleted, t.encrypted).where(
+                t.user_id == user_id, t.entity_id == entity_id, t.entity == entity
+            )
+        )
+    ).first()
+    return None if row is None else (row[0], bool(row[1]), bool(row[2]))
+
+
+async def count_records(conn: AsyncConnection, user_id: str) -> dict[str, tuple[int, int]]:
+    """Tombstones per entity type (live counts come from ``sync_usage``)."""
+    t = sync_records.c
+    result = await conn.execute(
+        select(t.entity, func.count(), func.coalesce(func.sum(t.size), 0))
+        .where(t.user_id == user_id, t.deleted.is_(True))
+        .group_by(t.entity)
+    )
+    return {r[0]: (int(r[1]), int(r[2])) for r in result}
