@@ -54,7 +54,11 @@ def build_context(settings: Settings) -> AppContext:
         jwt_secret=jwt_secret,
         identify=identify,
     )
-    ctx.domains["access_tokens"] = AccessTokens(jwt_secret, settings.auth.access_token_ttl_seconds)
+    ctx.domains["access_tokens"] = AccessTokens(
+        jwt_secret,
+        settings.auth.access_token_ttl_seconds,
+        settings.auth.access_token_leeway_seconds,
+    )
     return ctx
 
 

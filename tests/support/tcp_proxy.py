@@ -53,6 +53,7 @@ class TcpProxy:
             except OSError:
                 _hard_close(client)
                 continue
+            upstream.settimeout(None)  # the connect timeout must not become an idle timeout
             with self._lock:
                 self._sockets.update((client, upstream))
             for src, dst in ((client, upstream), (upstream, client)):
@@ -79,5 +80,8 @@ def _hard_close(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         # SO_LINGER 0: close with a reset, as a crashed server's kernel would.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    with contextlib.suppress(OSError):
+        # shutdown() wakes the other pipe thread blocked in recv(); close() alone would not.
+        sock.shutdown(socket.SHUT_RDWR)
     with contextlib.suppress(OSError):
         sock.close()

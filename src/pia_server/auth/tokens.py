@@ -33,11 +33,14 @@ class AccessClaims:
 class AccessTokens:
     """Issues and verifies access tokens with one HS256 key."""
 
-    def __init__(self, secret: str, ttl_seconds: int = 900) -> None:
+    def __init__(
+        self, secret: str, ttl_seconds: int = 900, leeway_seconds: int = LEEWAY_SECONDS
+    ) -> None:
         self._key = OctKey.import_key(secret.encode("utf-8"))
         self.ttl_seconds = ttl_seconds
+        self.leeway_seconds = leeway_seconds
         self._registry = jwt.JWTClaimsRegistry(
-            leeway=LEEWAY_SECONDS,
+            leeway=leeway_seconds,
             iss={"essential": True, "value": ISSUER},
             aud={"essential": True, "value": AUDIENCE},
             sub={"essential": True},
@@ -64,7 +67,7 @@ class AccessTokens:
             raise TokenError("invalid_token", "The access token is not valid.") from exc
         claims = decoded.claims
         exp = claims.get("exp")
-        if isinstance(exp, int | float) and exp + LEEWAY_SECONDS < time.time():
+        if isinstance(exp, int | float) and exp + self.leeway_seconds < time.time():
             raise TokenError("token_expired", "The access token has expired.")
         try:
             self._registry.validate(claims)
