@@ -188,6 +188,7 @@ async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @dataclass(frozen=True)
 class TestUser:
+    __test__ = False  # a fixture value, not a test class
     id: str
     email: str
     token: str

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import ValidationError
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -32,13 +31,11 @@ from pia_server.ai.service import (
 from pia_server.ai.templates import BUILT_IN_TEMPLATES
 from pia_server.ai.upstream import UpstreamClient, UpstreamError
 from pia_server.auth.dependencies import OptionalUser
+from pia_server.core.bodies import read_model
 from pia_server.core.context import AppContext, get_context
 from pia_server.core.errors import (
     JSON_MEDIA_TYPE,
     ApiError,
-    is_json_decode_error,
-    pydantic_errors,
-    validation_error,
 )
 from pia_server.core.ratelimit import client_ip, rate_limit
 from pia_server.core.responses import model_response
@@ -104,13 +101,7 @@ M = TypeVar("M", OptimizeRequest, GeneratePromptRequest)
 
 
 async def _read_model(request: Request, model: type[M]) -> M:
-    raw = await request.body()
-    try:
-        return model.model_validate_json(raw or b"{}")
-    except ValidationError as exc:
-        if is_json_decode_error(exc):
-            raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
-        raise validation_error(pydantic_errors(exc)) from None
+    return await read_model(request, model, empty=b"{}")
 
 
 async def _read_json(request: Request) -> Any:

@@ -195,6 +195,11 @@ class WireModel(BaseModel):
     )
 
 
+def _wire_name(part: str) -> str:
+    # Name a field as the client's DTO does on the wire, whichever casing the request used.
+    return to_camel(part) if "_" in part else part[:1].lower() + part[1:]
+
+
 def error_field_path(loc: tuple[int | str, ...]) -> str:
     """Render a pydantic error location as ``templates.upserted[3].updatedAt``."""
     path = ""
@@ -202,7 +207,7 @@ def error_field_path(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             path += f"[{part}]"
         elif path:
-            path += f".{part}"
+            path += f".{_wire_name(part)}"
         else:
-            path = str(part)
+            path = _wire_name(str(part))
     return path

@@ -9,15 +9,14 @@ from __future__ import annotations
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Request
-from pydantic import ValidationError
 from starlette.responses import Response
 
 from pia_server.auth.dependencies import CurrentUser
+from pia_server.core.bodies import read_model
 from pia_server.core.context import AppContext, get_context
-from pia_server.core.errors import ApiError, is_json_decode_error, pydantic_errors, validation_error
 from pia_server.core.ratelimit import rate_limit
 from pia_server.core.responses import model_response
-from pia_server.core.wire import WireModel, to_camel
+from pia_server.core.wire import WireModel
 from pia_server.e2ee import errors
 from pia_server.e2ee.schemas import (
     MAX_DEVICE_ID,
@@ -52,26 +51,8 @@ def _service(request: Request) -> E2eeService:
     return get_context(request).domain("e2ee", E2eeService)
 
 
-def _camel_field(path: str) -> str:
-    # Errors name the field as the client's DTO does, whatever casing was sent.
-    parts = []
-    for part in path.split("."):
-        parts.append(to_camel(part) if "_" in part else part[:1].lower() + part[1:])
-    return ".".join(parts)
-
-
 async def _read(request: Request, model: type[M]) -> M:
-    raw = await request.body()
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        if is_json_decode_error(exc):
-            raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
-        problems = [
-            {"field": _camel_field(e["field"]), "message": e["message"]}
-            for e in pydantic_errors(exc)
-        ]
-        raise validation_error(problems) from None
+    return await read_model(request, model)
 
 
 def _device_id(value: str, field: str = "deviceId") -> str:

@@ -5,17 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
-from pydantic import ValidationError
 from starlette.responses import Response
 
 from pia_server.auth.dependencies import CurrentUser
+from pia_server.core.bodies import read_model
 from pia_server.core.context import AppContext, get_context
 from pia_server.core.errors import (
     JSON_MEDIA_TYPE,
-    ApiError,
-    is_json_decode_error,
-    pydantic_errors,
-    validation_error,
 )
 from pia_server.core.ratelimit import rate_limit
 from pia_server.core.responses import model_response
@@ -62,13 +58,7 @@ _JSON_BODY = {
     summary="Push client changes (one transaction)",
 )
 async def push(request: Request, user: CurrentUser) -> Response:
-    raw = await request.body()
-    try:
-        body = SyncPushRequest.model_validate_json(raw or b"null")
-    except ValidationError as exc:
-        if is_json_decode_error(exc):
-            raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
-        raise validation_error(pydantic_errors(exc)) from None
+    body = await read_model(request, SyncPushRequest, empty=b"null")
     ctx = get_context(request)
     result = await _service(request).push(user.id, body, ctx.origin(request))
     return model_response(result)
