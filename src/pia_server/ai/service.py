@@ -43,6 +43,7 @@ from pia_server.ai.upstream import (
     UpstreamError,
     UpstreamStream,
     Usage,
+    text_of,
     usage_of,
 )
 from pia_server.core.config import Settings
@@ -445,13 +446,4 @@ def _completion_text(data: dict[str, Any]) -> str:
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return ""
     message = choices[0].get("message") or {}
-    content = message.get("content") if isinstance(message, dict) else None
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(
-            str(p.get("text", ""))
-            for p in content
-            if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return ""
+    return text_of(message.get("content")) if isinstance(message, dict) else ""

@@ -183,7 +183,8 @@ def _anthropic_content(content: Any) -> list[dict[str, Any]]:
     return blocks
 
 
-def _text_of(content: Any) -> str:
+def text_of(content: Any) -> str:
+    """The text of an OpenAI message content: a string, or the text parts of a parts list."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
@@ -211,7 +212,7 @@ def to_anthropic(body: dict[str, Any], target: Target, stream: bool) -> dict[str
     for message in body.get("messages", []):
         role = message.get("role")
         if role in ("system", "developer"):
-            system.append(_text_of(message.get("content")))
+            system.append(text_of(message.get("content")))
         elif role == "user":
             append("user", _anthropic_content(message.get("content")))
         elif role == "assistant":
@@ -238,7 +239,7 @@ def to_anthropic(body: dict[str, Any], target: Target, stream: bool) -> dict[str
                     {
                         "type": "tool_result",
                         "tool_use_id": message.get("tool_call_id", ""),
-                        "content": _text_of(message.get("content")),
+                        "content": text_of(message.get("content")),
                     }
                 ],
             )
