@@ -20,7 +20,7 @@ from pia_server.core import health
 from pia_server.core.config import Settings
 from pia_server.core.context import AppContext
 from pia_server.core.database import Database
-from pia_server.core.errors import JSON_MEDIA_TYPE, install_error_handlers
+from pia_server.core.errors import ERROR_RESPONSES, install_error_handlers
 from pia_server.core.metrics import Metrics
 from pia_server.core.middleware import RequestMiddleware
 from pia_server.core.ratelimit import build_limiter
@@ -96,9 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
         version=__version__,
         lifespan=lifespan,
         default_response_class=WireJSONResponse,
-        responses={
-            "4XX": {"description": "Error", "content": {JSON_MEDIA_TYPE: {}}},
-        },
+        responses=ERROR_RESPONSES,
     )
     app.state.ctx = ctx
     install_error_handlers(app)

@@ -19,7 +19,6 @@ from pia_server.ai.schemas import (
     OptimizeResponse,
     StatusResponse,
     TemplateOut,
-    body_schema,
 )
 from pia_server.ai.service import (
     AiMetrics,
@@ -31,11 +30,10 @@ from pia_server.ai.service import (
 from pia_server.ai.templates import BUILT_IN_TEMPLATES
 from pia_server.ai.upstream import UpstreamClient, UpstreamError
 from pia_server.auth.dependencies import OptionalUser
-from pia_server.core.bodies import read_model
+from pia_server.core.bodies import openapi_body, read_json, read_model
 from pia_server.core.context import AppContext, get_context
 from pia_server.core.errors import (
     JSON_MEDIA_TYPE,
-    ApiError,
 )
 from pia_server.core.ratelimit import client_ip, rate_limit
 from pia_server.core.responses import model_response
@@ -104,14 +102,6 @@ async def _read_model(request: Request, model: type[M]) -> M:
     return await read_model(request, model, empty=b"{}")
 
 
-async def _read_json(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
-
-
 def _wants_stream(request: Request, flag: bool) -> bool:
     return flag or "text/event-stream" in request.headers.get("accept", "").lower()
 
@@ -143,11 +133,27 @@ async def ai_templates() -> Response:
 # -- optimize and generate-prompt -------------------------------------------------------------
 
 
+# With `stream: true` or `Accept: text/event-stream` these routes answer Server-Sent Events.
+_SSE_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "JSON, or with `stream: true` / `Accept: text/event-stream` an SSE stream",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+_CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "An OpenAI `chat.completion`, or with `stream: true` SSE chunks",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
 @router.post(
     "/optimize",
     dependencies=[Depends(rate_limit("ai"))],
     response_model=OptimizeResponse,
-    openapi_extra=body_schema(OptimizeRequest),
+    responses=_SSE_RESPONSE,
+    openapi_extra=openapi_body(OptimizeRequest),
     summary="Rewrite a text with a template (JSON, or SSE when asked for text/event-stream)",
 )
 async def ai_optimize(request: Request, user: OptionalUser) -> Response:
@@ -205,7 +211,7 @@ async def _optimize_events(relay: Relay) -> AsyncIterator[bytes]:
     "/generate-prompt",
     dependencies=[Depends(rate_limit("ai"))],
     response_model=GeneratePromptResponse,
-    openapi_extra=body_schema(GeneratePromptRequest),
+    openapi_extra=openapi_body(GeneratePromptRequest),
     summary="Write a template prompt from a description of a writing style",
 )
 async def ai_generate_prompt(request: Request, user: OptionalUser) -> Response:
@@ -227,18 +233,13 @@ async def ai_generate_prompt(request: Request, user: OptionalUser) -> Response:
 # -- chat -----------------------------------------------------------------------------------
 
 
-_CHAT_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": CHAT_REQUEST_SCHEMA}},
-    }
-}
+_CHAT_OPENAPI = openapi_body(schema=CHAT_REQUEST_SCHEMA)
 
 
 async def _chat(request: Request, user: Any) -> Response:
     service = _service(request)
     mode = parse_mode(request.headers.get("x-pia-mode"), "assistant")
-    body = await _read_json(request)
+    body = await read_json(request)
     call = service.prepare_chat(_caller(request, user), mode, body)
     if body.get("stream") is not True:
         done = await service.complete(call)
@@ -273,6 +274,7 @@ async def _chat_events(relay: Relay, include_usage: bool) -> AsyncIterator[bytes
     "/chat/completions",
     dependencies=[Depends(rate_limit("ai"))],
     openapi_extra=_CHAT_OPENAPI,
+    responses=_CHAT_RESPONSES,
     summary="OpenAI Chat Completions (model is ignored; `Bearer anonymous` is anonymous)",
 )
 async def ai_chat_completions(request: Request, user: OptionalUser) -> Response:
@@ -283,6 +285,7 @@ async def ai_chat_completions(request: Request, user: OptionalUser) -> Response:
     "/chat",
     dependencies=[Depends(rate_limit("ai"))],
     openapi_extra=_CHAT_OPENAPI,
+    responses=_CHAT_RESPONSES,
     summary="The later client's chat: an OpenAI body without `model`, plus X-Pia-Mode",
 )
 async def ai_chat(request: Request, user: OptionalUser) -> Response:

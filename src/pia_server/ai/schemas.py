@@ -91,12 +91,3 @@ CHAT_REQUEST_SCHEMA: dict[str, Any] = {
         "stop": {},
     },
 }
-
-
-def body_schema(model: type[WireModel]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema(by_alias=True)}},
-        }
-    }

@@ -86,7 +86,10 @@ def service_of(request: Request) -> AuthService:
     status_code=302,
     responses={
         302: {"description": "To the identity provider (or back to redirect_uri with an error)"},
-        400: {"description": "Bad redirect_uri (HTML page) or provider not configured (JSON)"},
+        400: {
+            "description": "Bad redirect_uri (HTML page) or provider not configured (JSON)",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        },
     },
 )
 async def login(request: Request, provider: str = "", redirect_uri: str = "") -> Response:
@@ -133,7 +136,10 @@ async def login(request: Request, provider: str = "", redirect_uri: str = "") ->
     status_code=302,
     responses={
         302: {"description": "Back to the client's redirect_uri with tokens, or error+message"},
-        400: {"description": "HTML error page when there is no redirect_uri to return to"},
+        400: {
+            "description": "HTML error page when there is no redirect_uri to return to",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        },
     },
 )
 async def callback(request: Request) -> Response:

@@ -33,7 +33,8 @@ from pia_server.core.wire import TICKS_PER_SECOND, now_ticks
 
 log = structlog.get_logger("pia_server.auth")
 
-_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# No whitespace and no control characters (NUL included) anywhere in an address.
+_EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 _TICKS_PER_MINUTE = 60 * TICKS_PER_SECOND
 _TICKS_PER_DAY = 86_400 * TICKS_PER_SECOND
 

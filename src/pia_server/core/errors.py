@@ -11,7 +11,7 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,6 +20,27 @@ from starlette.responses import Response
 from pia_server.core.wire import error_field_path
 
 JSON_MEDIA_TYPE = "application/json; charset=utf-8"
+
+
+class FieldError(BaseModel):
+    field: str
+    message: str
+
+
+class ErrorBody(BaseModel):
+    """The one error shape, as the OpenAPI document shows it (routes add their own keys)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    error: str
+    message: str
+    errors: list[FieldError] | None = None
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "Error: `{error, message}`"},
+    "5XX": {"model": ErrorBody, "description": "Server-side failure: `{error, message}`"},
+}
 log = structlog.get_logger("pia_server.errors")
 
 
@@ -147,11 +168,24 @@ def install_error_handlers(app: FastAPI) -> None:
                 "The server's storage is full; nothing was saved. Try again later.",
                 {"Retry-After": "60"},
             )
+        if _is_refused_character(exc):
+            # PostgreSQL text cannot hold U+0000; SQLite could, but the data must move freely.
+            return error_response(
+                400, "invalid_text", "Text values may not contain NUL (U+0000) characters."
+            )
         if exc.connection_invalidated or _is_connection_problem(exc):
             return await handle_database_error(request, exc)
         raise exc
 
     app.add_exception_handler(DBAPIError, handle_dbapi_error)
+
+
+def _is_refused_character(exc: DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return (
+        "invalid byte sequence" in text
+        or "characternotinrepertoire" in type(exc.orig).__name__.lower()
+    )
 
 
 def _is_storage_full(exc: DBAPIError) -> bool:

@@ -6,13 +6,13 @@ route uses the ``global`` rate-limit policy; recovery activation has its own lim
 
 from __future__ import annotations
 
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
 
 from pia_server.auth.dependencies import CurrentUser
-from pia_server.core.bodies import read_model
+from pia_server.core.bodies import openapi_body, read_model
 from pia_server.core.context import AppContext, get_context
 from pia_server.core.ratelimit import rate_limit
 from pia_server.core.responses import model_response
@@ -61,23 +61,13 @@ def _device_id(value: str, field: str = "deviceId") -> str:
     return value
 
 
-def _body(model: type[WireModel]) -> dict[str, Any]:
-    """OpenAPI for routes that read the raw body (the schema FastAPI cannot infer)."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema(by_alias=True)}},
-        }
-    }
-
-
 # ---- devices ---------------------------------------------------------------
 
 
 @router.post(
     "/devices/register",
     response_model=DeviceRegistrationResponse,
-    openapi_extra=_body(DeviceRegistrationRequest),
+    openapi_extra=openapi_body(DeviceRegistrationRequest),
     summary="Register a device (Pending, or Active when it is the account's first)",
 )
 async def register_device(request: Request, user: CurrentUser) -> Response:
@@ -95,7 +85,7 @@ async def list_devices(request: Request, user: CurrentUser) -> Response:
 @router.post(
     "/devices/approve",
     response_model=DeviceStatusResponse,
-    openapi_extra=_body(DeviceApprovalRequest),
+    openapi_extra=openapi_body(DeviceApprovalRequest),
     summary="Approve a pending device with a signed, wrapped UMK",
 )
 async def approve_device(request: Request, user: CurrentUser) -> Response:
@@ -107,7 +97,7 @@ async def approve_device(request: Request, user: CurrentUser) -> Response:
 @router.post(
     "/devices/revoke",
     response_model=DeviceInfo,
-    openapi_extra=_body(DeviceRevokeRequest),
+    openapi_extra=openapi_body(DeviceRevokeRequest),
     summary="Revoke a device (API reference style)",
 )
 async def revoke_device(request: Request, user: CurrentUser) -> Response:
@@ -168,7 +158,7 @@ async def get_wrapped_umk_by_path(
 @router.put(
     "/devices/wrapped-umk",
     response_model=WrappedUmkBlob,
-    openapi_extra=_body(WrappedUmkUpload),
+    openapi_extra=openapi_body(WrappedUmkUpload),
     summary="Store an active device's self-wrapped UMK (API reference style)",
 )
 async def put_wrapped_umk(request: Request, user: CurrentUser) -> Response:
@@ -185,7 +175,7 @@ async def put_wrapped_umk(request: Request, user: CurrentUser) -> Response:
 @router.post(
     "/devices/{deviceId}/wrapped-umk",
     response_model=WrappedUmkBlob,
-    openapi_extra=_body(WrappedUmkUpload),
+    openapi_extra=openapi_body(WrappedUmkUpload),
     summary="Store an active device's self-wrapped UMK (client style)",
 )
 async def post_wrapped_umk(device_id: DevicePath, request: Request, user: CurrentUser) -> Response:
@@ -209,7 +199,7 @@ async def e2ee_status(request: Request, user: CurrentUser) -> Response:
 @router.post(
     "/recovery/wrapped-umk",
     response_model=RecoveryWrappedUmkBlob,
-    openapi_extra=_body(RecoveryWrappedUmkBlob),
+    openapi_extra=openapi_body(RecoveryWrappedUmkBlob),
     summary="Store the recovery-code-wrapped UMK",
 )
 async def post_recovery(request: Request, user: CurrentUser) -> Response:
@@ -233,7 +223,7 @@ async def get_recovery(request: Request, user: CurrentUser) -> Response:
     "/recovery/proof-key",
     status_code=204,
     response_class=Response,
-    openapi_extra=_body(ProofKeyRequest),
+    openapi_extra=openapi_body(ProofKeyRequest),
     summary="Store the recovery proof key (once; after the recovery copy)",
 )
 async def put_proof_key(request: Request, user: CurrentUser) -> Response:
@@ -246,7 +236,7 @@ async def put_proof_key(request: Request, user: CurrentUser) -> Response:
 @router.post(
     "/recovery/activate",
     response_model=DeviceStatusResponse,
-    openapi_extra=_body(RecoveryActivationRequest),
+    openapi_extra=openapi_body(RecoveryActivationRequest),
     summary="Activate a pending device with the recovery code's proof",
 )
 async def activate(request: Request, user: CurrentUser) -> Response:

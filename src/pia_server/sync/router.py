@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Query, Request
 from starlette.responses import Response
 
 from pia_server.auth.dependencies import CurrentUser
-from pia_server.core.bodies import read_model
+from pia_server.core.bodies import openapi_body, read_model
 from pia_server.core.context import AppContext, get_context
 from pia_server.core.errors import (
     JSON_MEDIA_TYPE,
@@ -25,7 +25,6 @@ from pia_server.sync.schemas import (
     SyncPushResponse,
     SyncQuotaResponse,
     SyncStatusResponse,
-    inline_schema,
 )
 from pia_server.sync.service import SyncService
 
@@ -41,13 +40,10 @@ def _service(request: Request) -> SyncService:
     return get_context(request).domain("sync", SyncService)
 
 
-_JSON_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {JSON_MEDIA_TYPE: {"schema": inline_schema(SyncPushRequest)}},
-        "description": "`SyncPushRequest`; any key casing; `Content-Encoding: gzip` accepted.",
-    }
-}
+_JSON_BODY = openapi_body(
+    SyncPushRequest,
+    description="`SyncPushRequest`; any key casing; `Content-Encoding: gzip` accepted.",
+)
 
 
 @router.post(
@@ -118,7 +114,7 @@ async def events(
     user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     before: Annotated[
-        int | None, Query(ge=1, description="`nextBefore` of an earlier page")
+        int | None, Query(ge=1, le=2**63 - 1, description="`nextBefore` of an earlier page")
     ] = None,
 ) -> Response:
     return model_response(await _service(request).events(user.id, limit, before))

@@ -387,21 +387,3 @@ def _pull_model() -> type[WireModel]:
 
 
 SyncPullResponse = _pull_model()
-
-
-def inline_schema(model: type[WireModel], mode: str = "validation") -> dict[str, Any]:
-    """The model's JSON schema with every ``$ref`` inlined (for ``openapi_extra``)."""
-    schema = model.model_json_schema(by_alias=True, mode=mode)  # type: ignore[arg-type]
-    defs = schema.pop("$defs", {})
-
-    def resolve(node: Any) -> Any:
-        if isinstance(node, dict):
-            ref = node.get("$ref")
-            if isinstance(ref, str) and ref.startswith("#/$defs/"):
-                return resolve(defs[ref.removeprefix("#/$defs/")])
-            return {key: resolve(value) for key, value in node.items()}
-        if isinstance(node, list):
-            return [resolve(value) for value in node]
-        return node
-
-    return cast(dict[str, Any], resolve(schema))
