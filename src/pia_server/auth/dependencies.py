@@ -14,6 +14,12 @@ from pia_server.core.context import AppContext, get_context
 _CLAIMS_KEY = "pia_access_claims"
 
 
+async def _lookup_user(ctx: AppContext, user_id: str) -> UserRow | None:
+    # One statement: no transaction of its own is needed around it.
+    async with ctx.db.engine.connect() as conn:
+        return await get_user(conn, user_id)
+
+
 def bearer_token(request: Request) -> str | None:
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
@@ -60,9 +66,7 @@ async def require_user(request: Request) -> UserRow:
         raise invalid_token("invalid_token", "A bearer access token is required.", missing=True)
     if isinstance(claims, TokenError):
         raise invalid_token(claims.code, claims.message)
-    ctx = get_context(request)
-    async with ctx.db.read() as conn:
-        user = await get_user(conn, claims.user_id)
+    user = await _lookup_user(get_context(request), claims.user_id)
     if user is None or user.disabled:
         # A disabled user's tokens stop working at once, whatever their expiry.
         raise invalid_token("invalid_token", "The access token is not valid.")

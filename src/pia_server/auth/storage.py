@@ -18,6 +18,7 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    bindparam,
     delete,
     func,
     insert,
@@ -29,6 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pia_server.core.database import metadata
+from pia_server.core.rawsql import RawQuery
 
 users = Table(
     "users",
@@ -161,9 +163,17 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
+# Behind every authenticated request: run on the bare driver (see core.rawsql).
+_USER_BY_ID = RawQuery(select(*_USER_COLUMNS).where(users.c.id == bindparam("user_id")))
+
+
 async def get_user(conn: AsyncConnection, user_id: str) -> UserRow | None:
-    row = (await conn.execute(select(*_USER_COLUMNS).where(users.c.id == user_id))).first()
-    return UserRow(*row) if row is not None else None
+    rows = await _USER_BY_ID.all(conn, user_id=user_id)
+    if not rows:
+        return None
+    r = rows[0]
+    # Driver rows: SQLite gives booleans as 0/1.
+    return UserRow(r[0], r[1], r[2], r[3], bool(r[4]), int(r[5]))
 
 
 async def get_user_by_email(conn: AsyncConnection, email: str) -> UserRow | None:

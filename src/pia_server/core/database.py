@@ -1,5 +1,9 @@
 """The database: one async SQLAlchemy engine for SQLite (embedded) or PostgreSQL (production).
 
+Every use of a connection is a context-managed transaction (``read``/``write``) or a single
+autocommit statement, so the pool's reset-on-return ROLLBACK would be a wasted round trip on
+every checkout: it is switched off.
+
 Tables are SQLAlchemy Core ``Table`` objects on the shared :data:`metadata`, defined by each
 domain's ``storage`` module. All timestamps are integer .NET ticks (see ``core.wire``).
 
@@ -9,6 +13,7 @@ on the busy timeout instead of failing when a read transaction tries to upgrade.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -54,6 +59,7 @@ def build_engine(settings: Settings) -> AsyncEngine:
             pool_size=db.pool_size,
             max_overflow=db.max_overflow,
             connect_args={"timeout": db.statement_timeout_seconds},
+            pool_reset_on_return=None,
         )
         _install_sqlite_hooks(engine)
         return engine
@@ -69,6 +75,7 @@ def build_engine(settings: Settings) -> AsyncEngine:
         pool_size=db.pool_size,
         max_overflow=db.max_overflow,
         pool_timeout=db.connect_timeout_seconds,
+        pool_reset_on_return=None,
         connect_args={
             "timeout": db.connect_timeout_seconds,
             "command_timeout": db.statement_timeout_seconds,
@@ -102,6 +109,10 @@ class Database:
         self.settings = settings
         self.engine = build_engine(settings)
         self.is_sqlite = settings.is_sqlite
+        # SQLite has one writer at a time. Queueing writers here wakes the next one the moment
+        # the previous commits; left to SQLite's busy handler they sleep and poll (1-100 ms),
+        # which the capacity benchmark showed as the limit on concurrent pushes.
+        self._write_lock = asyncio.Lock() if self.is_sqlite else None
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -111,9 +122,12 @@ class Database:
     @asynccontextmanager
     async def write(self) -> AsyncIterator[AsyncConnection]:
         """One transaction: everything inside lands, or nothing does."""
-        async with self.engine.connect() as conn:
-            if self.is_sqlite:
-                conn = await conn.execution_options(**{_WRITE_OPTION: True})
+        if self._write_lock is None:
+            async with self.engine.connect() as conn, conn.begin():
+                yield conn
+            return
+        async with self._write_lock, self.engine.connect() as conn:
+            conn = await conn.execution_options(**{_WRITE_OPTION: True})
             async with conn.begin():
                 yield conn
 

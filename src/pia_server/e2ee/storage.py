@@ -19,6 +19,7 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Table,
+    bindparam,
     delete,
     func,
     insert,
@@ -29,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pia_server.auth.storage import users
 from pia_server.core.database import metadata
+from pia_server.core.rawsql import RawQuery
 from pia_server.core.wire import now_ticks
 
 
@@ -223,12 +225,18 @@ _WRAPPED_COLUMNS = tuple(e2ee_wrapped_umks.c[name] for name in _names(WrappedUmk
 # --------------------------------------------------------------------------
 
 
+# Asked on every sync push and status request: run on the bare driver (see core.rawsql).
+_ENABLED_AT = RawQuery(
+    select(e2ee_accounts.c.enabled_at).where(
+        e2ee_accounts.c.user_id == bindparam("user_id", type_=String())
+    )
+)
+
+
 async def is_e2ee_enabled(conn: AsyncConnection, user_id: str) -> bool:
     """True once the account has a user master key (there is no way back to plaintext)."""
-    value = await conn.scalar(
-        select(e2ee_accounts.c.enabled_at).where(e2ee_accounts.c.user_id == user_id)
-    )
-    return value is not None
+    rows = await _ENABLED_AT.all(conn, user_id=user_id)
+    return bool(rows) and rows[0][0] is not None
 
 
 async def touch_device(conn: AsyncConnection, user_id: str, device_id: str) -> None:

@@ -619,11 +619,10 @@ class SyncService:
 
     async def status(self, user_id: str) -> SyncStatusResponse:
         async with self.db.read() as conn:
-            state = await storage.read_state(conn, user_id)
-            usage = await storage.read_usage(conn, user_id)
-            tombstones = await storage.count_records(conn, user_id)
-            devices = await storage.list_devices(conn, user_id)
+            rows = await storage.read_status(conn, user_id)
+            # The e2ee domain decides what "enabled" means (one Core statement).
             e2ee = await e2ee_storage.is_e2ee_enabled(conn, user_id)
+        state, usage, tombstones, devices = rows.state, rows.usage, rows.tombstones, rows.devices
         entities = {
             et.name: EntityStatus(
                 records=usage.get(et.name, (0, 0))[0],

@@ -33,8 +33,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.elements import BindParameter
 
 from pia_server.core.database import metadata
+from pia_server.core.rawsql import RawQuery
 
 
 def _user_fk(table: str) -> ForeignKey:
@@ -135,18 +137,21 @@ async def lock_state(conn: AsyncConnection, user_id: str) -> SyncState:
     return SyncState(row[0], row[1], row[2], row[3])
 
 
+# Reads on every pull and status request run on the bare driver (see core.rawsql).
+_user_param: BindParameter[str] = bindparam("user_id", type_=String())
+_STATE = RawQuery(
+    select(
+        sync_state.c.last_seq,
+        sync_state.c.last_changed_at,
+        sync_state.c.last_push_at,
+        sync_state.c.last_pull_at,
+    ).where(sync_state.c.user_id == _user_param)
+)
+
+
 async def read_state(conn: AsyncConnection, user_id: str) -> SyncState | None:
-    row = (
-        await conn.execute(
-            select(
-                sync_state.c.last_seq,
-                sync_state.c.last_changed_at,
-                sync_state.c.last_push_at,
-                sync_state.c.last_pull_at,
-            ).where(sync_state.c.user_id == user_id)
-        )
-    ).first()
-    return None if row is None else SyncState(row[0], row[1], row[2], row[3])
+    rows = await _STATE.all(conn, user_id=user_id)
+    return SyncState(*rows[0]) if rows else None
 
 
 async def save_state(
@@ -353,19 +358,26 @@ def _changed(rows: Iterable[Any]) -> list[ChangedRow]:
     return [ChangedRow(r[0], r[1], r[2], r[3], bool(r[4]), r[5], r[6]) for r in rows]
 
 
+_SINCE = (
+    select(*_CHANGED_COLUMNS)
+    .where(
+        sync_records.c.user_id == _user_param,
+        sync_records.c.changed_at >= bindparam("since", type_=BigInteger()),
+    )
+    .order_by(sync_records.c.changed_at, sync_records.c.seq)
+)
+_CHANGES_SINCE = RawQuery(_SINCE)
+_CHANGES_SINCE_LIMITED = RawQuery(_SINCE.limit(bindparam("limit", type_=Integer())))
+
+
 async def changes_since_time(
     conn: AsyncConnection, user_id: str, since: int, limit: int | None
 ) -> list[ChangedRow]:
     """Records whose change time is at or after ``since``, in change order."""
-    t = sync_records.c
-    stmt = (
-        select(*_CHANGED_COLUMNS)
-        .where(t.user_id == user_id, t.changed_at >= since)
-        .order_by(t.changed_at, t.seq)
-    )
-    if limit is not None:
-        stmt = stmt.limit(limit)
-    return _changed(await conn.execute(stmt))
+    if limit is None:
+        return _changed(await _CHANGES_SINCE.all(conn, user_id=user_id, since=since))
+    rows = await _CHANGES_SINCE_LIMITED.all(conn, user_id=user_id, since=since, limit=limit)
+    return _changed(rows)
 
 
 async def changes_after_seq(
@@ -423,3 +435,55 @@ async def count_records(conn: AsyncConnection, user_id: str) -> dict[str, tuple[
         .group_by(t.entity)
     )
     return {r[0]: (int(r[1]), int(r[2])) for r in result}
+
+
+# --- GET /api/sync/status: the five reads on the bare driver (see ``rawsql``) -------------------
+
+_STATUS_USAGE = RawQuery(
+    select(sync_usage.c.entity, sync_usage.c.records, sync_usage.c.bytes).where(
+        sync_usage.c.user_id == _user_param
+    )
+)
+_STATUS_TOMBSTONES = RawQuery(
+    select(
+        sync_records.c.entity,
+        func.count(),
+        func.coalesce(func.sum(sync_records.c.size), 0),
+    )
+    .where(sync_records.c.user_id == _user_param, sync_records.c.deleted.is_(True))
+    .group_by(sync_records.c.entity)
+)
+_STATUS_DEVICES = RawQuery(
+    select(
+        sync_devices.c.device_id,
+        sync_devices.c.first_seen_at,
+        sync_devices.c.last_seen_at,
+        sync_devices.c.pushes,
+    )
+    .where(sync_devices.c.user_id == _user_param)
+    .order_by(sync_devices.c.last_seen_at.desc())
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRows:
+    state: SyncState | None
+    usage: dict[str, tuple[int, int]]
+    tombstones: dict[str, tuple[int, int]]
+    devices: list[tuple[str, int, int, int]]
+
+
+async def read_status(conn: AsyncConnection, user_id: str) -> StatusRows:
+    """What ``read_state``, ``read_usage``, ``count_records`` and ``list_devices`` return, read
+    on the driver connection (the hot status route)."""
+    state = await _STATE.all(conn, user_id=user_id)
+    usage = await _STATUS_USAGE.all(conn, user_id=user_id)
+    tombstones = await _STATUS_TOMBSTONES.all(conn, user_id=user_id)
+    devices = await _STATUS_DEVICES.all(conn, user_id=user_id)
+    first = state[0] if state else None
+    return StatusRows(
+        state=SyncState(first[0], first[1], first[2], first[3]) if first is not None else None,
+        usage={r[0]: (int(r[1]), int(r[2])) for r in usage},
+        tombstones={r[0]: (int(r[1]), int(r[2])) for r in tombstones},
+        devices=[(r[0], r[1], r[2], r[3]) for r in devices],
+    )
