@@ -1,10 +1,11 @@
 """Sync benchmark: push and pull through the whole app, against the bare driver as the floor.
 
-Runs on SQLite (always) and PostgreSQL (when ``PIA_BENCH_DATABASE_URL`` or
-``PIA_TEST_DATABASE_URL`` is set; a throwaway schema is created and dropped). Requests go through
-the ASGI app in process (no sockets), so the figures are server work: routing, auth, validation,
-the service and the database. The floor does the same database work with aiosqlite / asyncpg
-directly: insert 500 rows; fetch 500 stored timestamps; select 200 changes by change time.
+Runs on SQLite and PostgreSQL (``bench.common.PG_URL``: ``PIA_BENCH_DATABASE_URL``,
+``PIA_TEST_DATABASE_URL`` or the local default; a throwaway schema is created and dropped).
+Requests go through the ASGI app in process (no sockets), so the figures are server work:
+routing, auth, validation, the service and the database. The floor does the same database
+work with aiosqlite / asyncpg directly: insert 500 rows; fetch 500 stored timestamps; select
+200 changes by change time.
 
     .venv/bin/python bench/sync_bench.py [--quick]
 """
@@ -29,6 +30,7 @@ import asyncpg
 import httpx
 from sqlalchemy import insert, text
 
+from bench.common import PG_URL
 from pia_server.app import create_app
 from pia_server.auth.storage import users
 from pia_server.auth.tokens import AccessTokens
@@ -158,7 +160,7 @@ async def _environment(backend: str, root: Path) -> AsyncIterator[tuple[Settings
         "rate_limits": {"enabled": False},
         "quota": {"max_records_per_type": 10**9, "max_total_bytes": 10**12},
     }
-    pg_url = os.environ.get("PIA_BENCH_DATABASE_URL") or os.environ.get("PIA_TEST_DATABASE_URL", "")
+    pg_url = PG_URL
     if backend == "postgresql":
         tree["database"] = {"url": pg_url, "schema": schema, "pool_size": 5}
     else:
@@ -400,9 +402,9 @@ async def _bench_backend(backend: str, quick: bool) -> list[dict[str, object]]:
 
 
 async def run(quick: bool = False) -> list[dict[str, object]]:
-    backends = ["sqlite"]
-    if os.environ.get("PIA_BENCH_DATABASE_URL") or os.environ.get("PIA_TEST_DATABASE_URL"):
-        backends.append("postgresql")
+    # PostgreSQL as for the other benchmarks: PIA_BENCH_DATABASE_URL, PIA_TEST_DATABASE_URL or
+    # the local default (bench.common).
+    backends = ["sqlite", "postgresql"]
     rows: list[dict[str, object]] = []
     for backend in backends:
         rows += await _bench_backend(backend, quick)
