@@ -30,10 +30,8 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from support.server_process import ServerProcess, free_port  # noqa: E402
+from bench.common import ROOT, stop_process
+from support.server_process import ServerProcess, free_port
 
 PG_URL = os.environ.get("PIA_BENCH_DATABASE_URL", os.environ.get("PIA_TEST_DATABASE_URL", ""))
 BODY = {"model": "pia-cloud", "messages": [{"role": "user", "content": "Say hello."}]}
@@ -83,13 +81,7 @@ class FakeUpstreamProcess:
         raise RuntimeError("fake upstream did not start")
 
     def __exit__(self, *_exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def _config(upstream_url: str, database_url: str, schema: str) -> str:

@@ -42,13 +42,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import PG_URL, percentile, rss_mib
+from bench.common import PG_URL, percentile, rss_mib, todo
 from bench.overhead_bench import (
     drop_schema,
     prepare_database,
     server_tree,
     start_server,
-    todo,
 )
 from pia_server.core.wire import TICKS_PER_SECOND, format_timestamp, now_ticks
 from support.server_process import ServerProcess

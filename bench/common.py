@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 # The real-server harness of the end-to-end tests is the one the benchmarks use too.
@@ -25,6 +26,40 @@ PG_URL = os.environ.get(
 REDIS_URL = os.environ.get(
     "PIA_BENCH_REDIS_URL", os.environ.get("PIA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 )
+
+
+def todo(record_id: str, updated: int, title: str = "Buy milk") -> dict[str, Any]:
+    """A todo as the early client pushes it (every key present, nulls written)."""
+    from pia_server.core.wire import TICKS_PER_SECOND, format_timestamp
+
+    return {
+        "id": record_id,
+        "title": title,
+        "notes": "Two litres, the organic one, and bread if they have it.",
+        "priority": 1,
+        "status": 0,
+        "dueDate": None,
+        "linkedReminderId": None,
+        "createdAt": format_timestamp(updated - 3600 * TICKS_PER_SECOND),
+        "completedAt": None,
+        "updatedAt": format_timestamp(updated),
+        "sortOrder": 3,
+        "columnId": None,
+        "encryptedPayload": None,
+        "wrappedDek": None,
+    }
+
+
+def stop_process(process: subprocess.Popen[Any] | None) -> None:
+    """Terminate a child server, and kill it if it does not exit within 10 s."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
 
 
 def percentile(values: Sequence[float], pct: float) -> float:

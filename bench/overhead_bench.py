@@ -35,7 +35,7 @@ import httpx
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from bench.common import PG_URL, REDIS_URL, ROOT, LoadResult, load
+from bench.common import PG_URL, REDIS_URL, ROOT, LoadResult, load, stop_process, todo
 from pia_server.auth.storage import users
 from pia_server.auth.tokens import AccessTokens
 from pia_server.core.config import load_settings
@@ -136,25 +136,6 @@ def start_server(root: Path, name: str, tree: dict[str, Any]) -> ServerProcess:
     data_dir = root / name
     data_dir.mkdir(parents=True, exist_ok=True)
     return ServerProcess(data_dir, config_toml=to_toml(tree)).start()
-
-
-def todo(record_id: str, updated: int, title: str = "Buy milk") -> dict[str, Any]:
-    return {
-        "id": record_id,
-        "title": title,
-        "notes": "Two litres, the organic one, and bread if they have it.",
-        "priority": 1,
-        "status": 0,
-        "dueDate": None,
-        "linkedReminderId": None,
-        "createdAt": format_timestamp(updated - 3600 * TICKS_PER_SECOND),
-        "completedAt": None,
-        "updatedAt": format_timestamp(updated),
-        "sortOrder": 3,
-        "columnId": None,
-        "encryptedPayload": None,
-        "wrappedDek": None,
-    }
 
 
 def memory(record_id: str, updated: int) -> dict[str, Any]:
@@ -287,13 +268,7 @@ class BareProcess:
         raise RuntimeError("bare app did not start")
 
     def __exit__(self, *_exc: object) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def _same_document(ours: httpx.Response, bare: httpx.Response) -> None:

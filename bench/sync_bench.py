@@ -30,7 +30,7 @@ import asyncpg
 import httpx
 from sqlalchemy import insert, text
 
-from bench.common import PG_URL
+from bench.common import PG_URL, todo
 from pia_server.app import create_app
 from pia_server.auth.storage import users
 from pia_server.auth.tokens import AccessTokens
@@ -44,25 +44,6 @@ COLUMNS = (
     "user_id, entity_id, entity, payload, secret, entity_ts, changed_at, seq, deleted, "
     "deleted_at, size, encrypted"
 )
-
-
-def _todo(record_id: str, updated: int, title: str = "Buy milk") -> dict[str, Any]:
-    return {
-        "id": record_id,
-        "title": title,
-        "notes": "Two litres, the organic one, and bread if they have it.",
-        "priority": 1,
-        "status": 0,
-        "dueDate": None,
-        "linkedReminderId": None,
-        "createdAt": format_timestamp(updated - 3600 * TICKS_PER_SECOND),
-        "completedAt": None,
-        "updatedAt": format_timestamp(updated),
-        "sortOrder": 3,
-        "columnId": None,
-        "encryptedPayload": None,
-        "wrappedDek": None,
-    }
 
 
 def _push(todos: list[dict[str, Any]]) -> dict[str, Any]:
@@ -210,7 +191,7 @@ async def _seed(app: Any, user_id: str, count: int) -> list[str]:
     base = now_ticks() - 86_400 * TICKS_PER_SECOND
     rows = []
     for i, record_id in enumerate(ids):
-        payload = json.dumps(_todo(record_id, base), separators=(",", ":"))
+        payload = json.dumps(todo(record_id, base), separators=(",", ":"))
         rows.append(
             {
                 "user_id": user_id,
@@ -274,7 +255,7 @@ async def _bench_backend(backend: str, quick: bool) -> list[dict[str, object]]:
 
                 # 500 new records per push.
                 bodies = [
-                    _push([_todo(str(uuid.uuid4()), now_ticks()) for _ in range(500)])
+                    _push([todo(str(uuid.uuid4()), now_ticks()) for _ in range(500)])
                     for _ in range(runs)
                 ]
                 it = iter(bodies)
@@ -292,7 +273,7 @@ async def _bench_backend(backend: str, quick: bool) -> list[dict[str, object]]:
                                 floor_user,
                                 str(uuid.uuid4()),
                                 "todos",
-                                json.dumps(_todo("x", now_ticks())),
+                                json.dumps(todo("x", now_ticks())),
                                 None,
                                 1,
                                 1,
@@ -363,7 +344,7 @@ async def _bench_backend(backend: str, quick: bool) -> list[dict[str, object]]:
                     ids = await _seed(app, pull_user, size)
                     since_ticks = now_ticks()
                     changed = [
-                        _todo(i, now_ticks(), title="changed") for i in ids[:: size // 200][:200]
+                        todo(i, now_ticks(), title="changed") for i in ids[:: size // 200][:200]
                     ]
                     r = await client.post(
                         "/api/sync/push", json=_push(changed), headers=pull_headers
