@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response, StreamingResponse
@@ -95,13 +95,6 @@ def _sse(payload: Any) -> bytes:
 _DONE = b"data: [DONE]\n\n"
 
 
-M = TypeVar("M", OptimizeRequest, GeneratePromptRequest)
-
-
-async def _read_model(request: Request, model: type[M]) -> M:
-    return await read_model(request, model, empty=b"{}")
-
-
 def _wants_stream(request: Request, flag: bool) -> bool:
     return flag or "text/event-stream" in request.headers.get("accept", "").lower()
 
@@ -159,7 +152,7 @@ _CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def ai_optimize(request: Request, user: OptionalUser) -> Response:
     service = _service(request)
     mode = parse_mode(request.headers.get("x-pia-mode"), "optimize")
-    req = await _read_model(request, OptimizeRequest)
+    req = await read_model(request, OptimizeRequest, empty=b"{}")
     call = await service.prepare_optimize(_caller(request, user), mode, req)
     if not _wants_stream(request, req.stream):
         done = await service.complete(call)
@@ -217,7 +210,7 @@ async def _optimize_events(relay: Relay) -> AsyncIterator[bytes]:
 async def ai_generate_prompt(request: Request, user: OptionalUser) -> Response:
     service = _service(request)
     mode = parse_mode(request.headers.get("x-pia-mode"), "optimize")
-    req = await _read_model(request, GeneratePromptRequest)
+    req = await read_model(request, GeneratePromptRequest, empty=b"{}")
     call = service.prepare_generate_prompt(_caller(request, user), mode, req)
     done = await service.complete(call)
     return model_response(

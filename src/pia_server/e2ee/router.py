@@ -6,7 +6,7 @@ route uses the ``global`` rate-limit policy; recovery activation has its own lim
 
 from __future__ import annotations
 
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from starlette.responses import Response
@@ -16,7 +16,6 @@ from pia_server.core.bodies import openapi_body, read_model
 from pia_server.core.context import AppContext, get_context
 from pia_server.core.ratelimit import rate_limit
 from pia_server.core.responses import model_response
-from pia_server.core.wire import WireModel
 from pia_server.e2ee import errors
 from pia_server.e2ee.schemas import (
     MAX_DEVICE_ID,
@@ -38,7 +37,6 @@ from pia_server.e2ee.service import E2eePolicy, E2eeService
 
 router = APIRouter(prefix="/api/e2ee", tags=["e2ee"], dependencies=[Depends(rate_limit("global"))])
 
-M = TypeVar("M", bound=WireModel)
 # The client's name in the path; checked by _device_id so that errors name "deviceId".
 DevicePath = Annotated[str, Path(alias="deviceId")]
 
@@ -49,10 +47,6 @@ async def startup(ctx: AppContext) -> None:
 
 def _service(request: Request) -> E2eeService:
     return get_context(request).domain("e2ee", E2eeService)
-
-
-async def _read(request: Request, model: type[M]) -> M:
-    return await read_model(request, model)
 
 
 def _device_id(value: str, field: str = "deviceId") -> str:
@@ -71,7 +65,7 @@ def _device_id(value: str, field: str = "deviceId") -> str:
     summary="Register a device (Pending, or Active when it is the account's first)",
 )
 async def register_device(request: Request, user: CurrentUser) -> Response:
-    body = await _read(request, DeviceRegistrationRequest)
+    body = await read_model(request, DeviceRegistrationRequest)
     ctx = get_context(request)
     result = await _service(request).register(user.id, body, ctx.origin(request))
     return model_response(result)
@@ -89,7 +83,7 @@ async def list_devices(request: Request, user: CurrentUser) -> Response:
     summary="Approve a pending device with a signed, wrapped UMK",
 )
 async def approve_device(request: Request, user: CurrentUser) -> Response:
-    body = await _read(request, DeviceApprovalRequest)
+    body = await read_model(request, DeviceApprovalRequest)
     ctx = get_context(request)
     return model_response(await _service(request).approve(user.id, body, ctx.origin(request)))
 
@@ -101,7 +95,7 @@ async def approve_device(request: Request, user: CurrentUser) -> Response:
     summary="Revoke a device (API reference style)",
 )
 async def revoke_device(request: Request, user: CurrentUser) -> Response:
-    body = await _read(request, DeviceRevokeRequest)
+    body = await read_model(request, DeviceRevokeRequest)
     ctx = get_context(request)
     return model_response(
         await _service(request).revoke(user.id, body.device_id, ctx.origin(request))
@@ -162,7 +156,7 @@ async def get_wrapped_umk_by_path(
     summary="Store an active device's self-wrapped UMK (API reference style)",
 )
 async def put_wrapped_umk(request: Request, user: CurrentUser) -> Response:
-    body = await _read(request, WrappedUmkUpload)
+    body = await read_model(request, WrappedUmkUpload)
     if body.device_id is None:
         raise errors.field_error("deviceId", "Field required")
     ctx = get_context(request)
@@ -180,7 +174,7 @@ async def put_wrapped_umk(request: Request, user: CurrentUser) -> Response:
 )
 async def post_wrapped_umk(device_id: DevicePath, request: Request, user: CurrentUser) -> Response:
     device_id = _device_id(device_id)
-    body = await _read(request, WrappedUmkUpload)
+    body = await read_model(request, WrappedUmkUpload)
     if body.device_id is not None and body.device_id != device_id:
         raise errors.field_error("deviceId", "must match the device id in the path")
     ctx = get_context(request)
@@ -203,7 +197,7 @@ async def e2ee_status(request: Request, user: CurrentUser) -> Response:
     summary="Store the recovery-code-wrapped UMK",
 )
 async def post_recovery(request: Request, user: CurrentUser) -> Response:
-    body = await _read(request, RecoveryWrappedUmkBlob)
+    body = await read_model(request, RecoveryWrappedUmkBlob)
     ctx = get_context(request)
     return model_response(
         await _service(request).store_recovery(user.id, body, ctx.origin(request))
@@ -227,7 +221,7 @@ async def get_recovery(request: Request, user: CurrentUser) -> Response:
     summary="Store the recovery proof key (once; after the recovery copy)",
 )
 async def put_proof_key(request: Request, user: CurrentUser) -> Response:
-    body = await _read(request, ProofKeyRequest)
+    body = await read_model(request, ProofKeyRequest)
     ctx = get_context(request)
     await _service(request).store_proof_key(user.id, body, ctx.origin(request))
     return Response(status_code=204)
@@ -240,7 +234,7 @@ async def put_proof_key(request: Request, user: CurrentUser) -> Response:
     summary="Activate a pending device with the recovery code's proof",
 )
 async def activate(request: Request, user: CurrentUser) -> Response:
-    body = await _read(request, RecoveryActivationRequest)
+    body = await read_model(request, RecoveryActivationRequest)
     ctx = get_context(request)
     return model_response(
         await _service(request).activate_by_recovery(user.id, body, ctx.origin(request))
