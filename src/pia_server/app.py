@@ -100,9 +100,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.ctx = ctx
     install_error_handlers(app)
-    app.include_router(health.router)
-    for module in DOMAINS:
+    # FastAPI matches routes in order, one by one: the routes every client calls all day
+    # (sync) go first, the operations probes last.
+    for module in sorted(DOMAINS, key=lambda m: m is not sync_router):
         app.include_router(module.router)
+    app.include_router(health.router)
     app.add_middleware(
         RequestMiddleware,
         metrics=ctx.metrics,

@@ -15,8 +15,8 @@ _CLAIMS_KEY = "pia_access_claims"
 
 
 async def _lookup_user(ctx: AppContext, user_id: str) -> UserRow | None:
-    # One statement: no transaction of its own is needed around it.
-    async with ctx.db.engine.connect() as conn:
+    # One statement on every authenticated request: a hot read, no transaction around it.
+    async with ctx.db.hot_read() as conn:
         return await get_user(conn, user_id)
 
 

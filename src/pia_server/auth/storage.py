@@ -30,7 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pia_server.core.database import metadata
-from pia_server.core.rawsql import RawQuery
+from pia_server.core.rawsql import RawQuery, ReadConnection
 
 users = Table(
     "users",
@@ -167,7 +167,7 @@ def normalize_email(email: str) -> str:
 _USER_BY_ID = RawQuery(select(*_USER_COLUMNS).where(users.c.id == bindparam("user_id")))
 
 
-async def get_user(conn: AsyncConnection, user_id: str) -> UserRow | None:
+async def get_user(conn: ReadConnection, user_id: str) -> UserRow | None:
     rows = await _USER_BY_ID.all(conn, user_id=user_id)
     if not rows:
         return None

@@ -9,6 +9,9 @@ domain's ``storage`` module. All timestamps are integer .NET ticks (see ``core.w
 
 SQLite write transactions start with ``BEGIN IMMEDIATE`` so that two concurrent writers queue
 on the busy timeout instead of failing when a read transaction tries to upgrade.
+
+The reads behind every request (the user of a token, pulls, status) use :meth:`Database.hot_read`:
+the same pool, but the driver connection only (``core.rawsql``).
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ from typing import Any
 
 from sqlalchemy import MetaData, event, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from pia_server.core.config import Settings
+from pia_server.core.hotpool import HotPool
+from pia_server.core.rawsql import RawConnection
 
 metadata = MetaData(
     naming_convention={
@@ -113,6 +119,12 @@ class Database:
         # the previous commits; left to SQLite's busy handler they sleep and poll (1-100 ms),
         # which the capacity benchmark showed as the limit on concurrent pushes.
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        # Up to half the pool serves hot reads; the rest stays for transactions.
+        self._hot = HotPool(
+            self.engine,
+            size=max(1, (settings.database.pool_size + settings.database.max_overflow) // 2),
+            timeout=settings.database.connect_timeout_seconds,
+        )
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncConnection]:
@@ -131,9 +143,48 @@ class Database:
             async with conn.begin():
                 yield conn
 
+    @asynccontextmanager
+    async def hot_read(self, *, snapshot: bool = False) -> AsyncIterator[RawConnection]:
+        """A pooled connection for ``RawQuery`` reads, without SQLAlchemy's ``Connection``.
+
+        Without ``snapshot`` each statement sees the latest committed data (autocommit reads):
+        right for a single statement, or for reads whose results stay valid when a push lands
+        between them (a user's change times and sequences only grow). With ``snapshot`` all the
+        statements see one committed state.
+        """
+        raw = await self._hot.acquire()
+        try:
+            if snapshot:
+                await raw.execute(self._snapshot_begin)
+                try:
+                    yield raw
+                except BaseException:
+                    if not raw.invalidated:
+                        await raw.execute("ROLLBACK")
+                    raise
+                await raw.execute("COMMIT")
+            else:
+                yield raw
+        except BaseException as exc:
+            # A connection left mid-statement or mid-transaction must not be used again.
+            await self._hot.discard(raw)
+            if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                await self._hot.discard_idle()
+            raise
+        self._hot.give_back(raw)
+
+    @property
+    def _snapshot_begin(self) -> str:
+        # SQLite: a deferred read transaction. PostgreSQL's default READ COMMITTED takes a new
+        # snapshot per statement; REPEATABLE READ keeps one for the transaction.
+        if self.is_sqlite:
+            return "BEGIN"
+        return "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        await self._hot.close()
         await self.engine.dispose()

@@ -51,7 +51,13 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         redact_secrets,
     ]
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # Drop a line below the level first: the access log's info line costs a level check
+        # instead of a timestamp and four processors when the level is "warning".
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,

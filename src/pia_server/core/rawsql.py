@@ -2,9 +2,14 @@
 
 SQLAlchemy Core adds roughly 0.3 ms per statement on top of aiosqlite / asyncpg (the overhead
 benchmark in ``bench/overhead_bench.py``, ``docs/benchmarks.md``). For the few reads that run on
-every request (the user behind a token, ``GET /api/sync/status``) a Core statement is compiled
-once per dialect and its SQL run on the driver connection of the same pooled connection, so the
-tables stay defined in one place and transactions and pooling stay SQLAlchemy's.
+every request (the user behind a token, pulls, ``GET /api/sync/status``) a Core statement is
+compiled once per dialect and its SQL run on the driver connection, so the tables stay defined
+in one place and pooling stays SQLAlchemy's.
+
+A :class:`RawQuery` runs on either kind of connection: an ``AsyncConnection`` (inside a
+``Database.read``/``write`` transaction) or a :class:`RawConnection` from ``Database.hot_read``,
+a pooled connection checked out without SQLAlchemy's ``Connection`` around it (two greenlet
+switches instead of six, no transaction bookkeeping).
 
 Rows come back as the driver returns them: no result processing (SQLite booleans are 0/1).
 """
@@ -17,7 +22,36 @@ from typing import Any
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.pool import PoolProxiedConnection
 from sqlalchemy.sql import Select
+from sqlalchemy.util import greenlet_spawn
+
+
+class RawConnection:
+    """A pooled connection used through its driver only (see ``Database.hot_read``)."""
+
+    def __init__(self, pooled: PoolProxiedConnection, dialect: Dialect) -> None:
+        self.pooled = pooled
+        self.dialect = dialect
+        self.driver: Any = pooled.driver_connection
+        self.invalidated = False
+
+    async def execute(self, sql: str) -> None:
+        """A statement without parameters or rows (``BEGIN``, ``COMMIT``)."""
+        try:
+            await self.driver.execute(sql)
+        except Exception as exc:
+            raise await _as_sqlalchemy_error(self, sql, [], exc) from exc
+
+    async def invalidate(self) -> None:
+        """Close the connection for good: the pool opens a fresh one in its place."""
+        if not self.invalidated:
+            self.invalidated = True
+            await greenlet_spawn(self.pooled.invalidate)
+
+    async def release(self) -> None:
+        # Check-in may close an overflow connection, which awaits the driver: in a greenlet.
+        await greenlet_spawn(self.pooled.close)
 
 
 async def driver_connection(conn: AsyncConnection) -> Any:
@@ -30,6 +64,10 @@ async def driver_connection(conn: AsyncConnection) -> Any:
     if sync is not None and not sync.closed and not sync.invalidated:
         return sync.connection.driver_connection
     return (await conn.get_raw_connection()).driver_connection
+
+
+# Where a RawQuery can run: inside a SQLAlchemy transaction or on a hot-read connection.
+ReadConnection = AsyncConnection | RawConnection
 
 
 class RawQuery:
@@ -50,10 +88,13 @@ class RawQuery:
             self._compiled[dialect.name] = found
         return found
 
-    async def all(self, conn: AsyncConnection, **params: Any) -> list[Sequence[Any]]:
+    async def all(self, conn: ReadConnection, **params: Any) -> list[Sequence[Any]]:
         sql, names, defaults = self._compile(conn.dialect)
         args = [params[name] if name in params else defaults[name] for name in names]
-        driver = await driver_connection(conn)
+        if isinstance(conn, RawConnection):
+            driver = conn.driver
+        else:
+            driver = await driver_connection(conn)
         try:
             if conn.dialect.name == "sqlite":
                 # aiosqlite: execute and fetch in one hop to its worker thread.
@@ -73,7 +114,7 @@ def _is_connection_lost(exc: BaseException) -> bool:
 
 
 async def _as_sqlalchemy_error(
-    conn: AsyncConnection, sql: str, args: list[Any], exc: Exception
+    conn: ReadConnection, sql: str, args: list[Any], exc: Exception
 ) -> DBAPIError:
     """What SQLAlchemy would have raised: the shared error handlers then answer 503 or 400.
 

@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pia_server.auth.storage import users
 from pia_server.core.database import metadata
-from pia_server.core.rawsql import RawQuery
+from pia_server.core.rawsql import RawQuery, ReadConnection
 from pia_server.core.wire import now_ticks
 
 
@@ -233,7 +233,7 @@ _ENABLED_AT = RawQuery(
 )
 
 
-async def is_e2ee_enabled(conn: AsyncConnection, user_id: str) -> bool:
+async def is_e2ee_enabled(conn: ReadConnection, user_id: str) -> bool:
     """True once the account has a user master key (there is no way back to plaintext)."""
     rows = await _ENABLED_AT.all(conn, user_id=user_id)
     return bool(rows) and rows[0][0] is not None

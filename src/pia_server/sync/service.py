@@ -526,7 +526,9 @@ class SyncService:
         page = limit or 0
         position = f"c{after_seq}" if after_seq is not None else f"t{since or 0}"
         now = self.clock()
-        async with self.db.read() as conn:
+        # No snapshot needed: a push landing between these reads only adds later change times
+        # and sequences, which the cursor and the ETag below already allow for.
+        async with self.db.hot_read() as conn:
             state = await storage.read_state(conn, user_id)
             last_seq = state.last_seq if state else 0
             etag = f'W/"s{last_seq}-{position}-l{page}"'
@@ -618,7 +620,7 @@ class SyncService:
     # ------------------------------------------------------------------ status, events, quota
 
     async def status(self, user_id: str) -> SyncStatusResponse:
-        async with self.db.read() as conn:
+        async with self.db.hot_read(snapshot=True) as conn:
             rows = await storage.read_status(conn, user_id)
             # The e2ee domain decides what "enabled" means (one Core statement).
             e2ee = await e2ee_storage.is_e2ee_enabled(conn, user_id)

@@ -25,7 +25,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    and_,
     bindparam,
     func,
     select,
@@ -36,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import BindParameter
 
 from pia_server.core.database import metadata
-from pia_server.core.rawsql import RawQuery
+from pia_server.core.rawsql import RawQuery, ReadConnection
 
 
 def _user_fk(table: str) -> ForeignKey:
@@ -149,7 +148,7 @@ _STATE = RawQuery(
 )
 
 
-async def read_state(conn: AsyncConnection, user_id: str) -> SyncState | None:
+async def read_state(conn: ReadConnection, user_id: str) -> SyncState | None:
     rows = await _STATE.all(conn, user_id=user_id)
     return SyncState(*rows[0]) if rows else None
 
@@ -371,7 +370,7 @@ _CHANGES_SINCE_LIMITED = RawQuery(_SINCE.limit(bindparam("limit", type_=Integer(
 
 
 async def changes_since_time(
-    conn: AsyncConnection, user_id: str, since: int, limit: int | None
+    conn: ReadConnection, user_id: str, since: int, limit: int | None
 ) -> list[ChangedRow]:
     """Records whose change time is at or after ``since``, in change order."""
     if limit is None:
@@ -380,35 +379,58 @@ async def changes_since_time(
     return _changed(rows)
 
 
+_AFTER_SEQ = (
+    select(*_CHANGED_COLUMNS)
+    .where(
+        sync_records.c.user_id == _user_param,
+        sync_records.c.seq > bindparam("after_seq", type_=BigInteger()),
+    )
+    .order_by(sync_records.c.seq)
+)
+_CHANGES_AFTER_SEQ = RawQuery(_AFTER_SEQ)
+_CHANGES_AFTER_SEQ_LIMITED = RawQuery(_AFTER_SEQ.limit(bindparam("limit", type_=Integer())))
+_REST_OF_GROUP = RawQuery(
+    select(*_CHANGED_COLUMNS)
+    .where(
+        sync_records.c.user_id == _user_param,
+        sync_records.c.changed_at == bindparam("changed_at", type_=BigInteger()),
+        sync_records.c.seq > bindparam("after_seq", type_=BigInteger()),
+    )
+    .order_by(sync_records.c.seq)
+)
+_ANY_AFTER_SEQ = RawQuery(
+    select(sync_records.c.seq)
+    .where(
+        sync_records.c.user_id == _user_param,
+        sync_records.c.seq > bindparam("after_seq", type_=BigInteger()),
+    )
+    .limit(1)
+)
+
+
 async def changes_after_seq(
-    conn: AsyncConnection, user_id: str, after_seq: int, limit: int | None
+    conn: ReadConnection, user_id: str, after_seq: int, limit: int | None
 ) -> list[ChangedRow]:
-    t = sync_records.c
-    stmt = select(*_CHANGED_COLUMNS).where(t.user_id == user_id, t.seq > after_seq).order_by(t.seq)
-    if limit is not None:
-        stmt = stmt.limit(limit)
-    return _changed(await conn.execute(stmt))
+    if limit is None:
+        return _changed(await _CHANGES_AFTER_SEQ.all(conn, user_id=user_id, after_seq=after_seq))
+    rows = await _CHANGES_AFTER_SEQ_LIMITED.all(
+        conn, user_id=user_id, after_seq=after_seq, limit=limit
+    )
+    return _changed(rows)
 
 
 async def rest_of_group(
-    conn: AsyncConnection, user_id: str, changed_at: int, after_seq: int
+    conn: ReadConnection, user_id: str, changed_at: int, after_seq: int
 ) -> list[ChangedRow]:
     """The records of one change time after ``after_seq`` (a page never splits a group)."""
-    t = sync_records.c
-    stmt = (
-        select(*_CHANGED_COLUMNS)
-        .where(and_(t.user_id == user_id, t.changed_at == changed_at, t.seq > after_seq))
-        .order_by(t.seq)
+    rows = await _REST_OF_GROUP.all(
+        conn, user_id=user_id, changed_at=changed_at, after_seq=after_seq
     )
-    return _changed(await conn.execute(stmt))
+    return _changed(rows)
 
 
-async def has_changes_after(conn: AsyncConnection, user_id: str, after_seq: int) -> bool:
-    t = sync_records.c
-    row = (
-        await conn.execute(select(t.seq).where(t.user_id == user_id, t.seq > after_seq).limit(1))
-    ).first()
-    return row is not None
+async def has_changes_after(conn: ReadConnection, user_id: str, after_seq: int) -> bool:
+    return bool(await _ANY_AFTER_SEQ.all(conn, user_id=user_id, after_seq=after_seq))
 
 
 async def find_record(
@@ -473,7 +495,7 @@ class StatusRows:
     devices: list[tuple[str, int, int, int]]
 
 
-async def read_status(conn: AsyncConnection, user_id: str) -> StatusRows:
+async def read_status(conn: ReadConnection, user_id: str) -> StatusRows:
     """What ``read_state``, ``read_usage``, ``count_records`` and ``list_devices`` return, read
     on the driver connection (the hot status route)."""
     state = await _STATE.all(conn, user_id=user_id)
