@@ -10,15 +10,17 @@ import time
 from typing import Any
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from joserfc import jwt
 from joserfc.jwk import OctKey
 from sqlalchemy import select
 
 from conftest import SettingsFactory, UserFactory, client_for, running_app
+from pia_server.auth import tokens as tokens_module
 from pia_server.auth.service import AuthService
 from pia_server.auth.storage import refresh_tokens
-from pia_server.auth.tokens import AUDIENCE, ISSUER
+from pia_server.auth.tokens import AUDIENCE, ISSUER, AccessTokens, TokenError
 from pia_server.core.audit import audit_events
 from pia_server.core.wire import TICKS_PER_SECOND, now_ticks
 
@@ -292,3 +294,35 @@ async def test_short_ttl_from_settings(make_settings: SettingsFactory) -> None:
     async with running_app(settings) as app, client_for(app) as client:
         session = await local_session(client)
         assert session["expiresIn"] == 120
+
+
+def test_a_remembered_token_still_expires_on_time(monkeypatch: Any) -> None:
+    tokens = AccessTokens(SECRET, ttl_seconds=60, leeway_seconds=5)
+    token = tokens.issue("6f1c2a34-8d6e-4a57-9b1e-0c2d3e4f5a6b")
+    assert tokens.verify(token).user_id == "6f1c2a34-8d6e-4a57-9b1e-0c2d3e4f5a6b"
+    assert tokens.verify(token).user_id == "6f1c2a34-8d6e-4a57-9b1e-0c2d3e4f5a6b"  # remembered
+    later = time.time() + 60 + 6
+    monkeypatch.setattr(time, "time", lambda: later)
+    with pytest.raises(TokenError) as caught:
+        tokens.verify(token)
+    assert caught.value.code == "token_expired"
+
+
+def test_remembering_a_token_admits_no_other_string() -> None:
+    tokens = AccessTokens(SECRET)
+    token = tokens.issue("6f1c2a34-8d6e-4a57-9b1e-0c2d3e4f5a6b")
+    tokens.verify(token)
+    head, body, signature = token.split(".")
+    flipped = ("B" if signature[0] == "A" else "A") + signature[1:]
+    for forged in (f"{head}.{body}.{flipped}", f"{head}.{body}.", token + " "):
+        with pytest.raises(TokenError):
+            tokens.verify(forged)
+
+
+def test_remembered_tokens_are_bounded(monkeypatch: Any) -> None:
+    monkeypatch.setattr(tokens_module, "_VERIFIED_CACHE_SIZE", 3)
+    tokens = AccessTokens(SECRET)
+    issued = [tokens.issue("6f1c2a34-8d6e-4a57-9b1e-0c2d3e4f5a6b") for _ in range(5)]
+    for token in issued:
+        tokens.verify(token)
+    assert list(tokens._verified) == issued[2:]  # the oldest went first

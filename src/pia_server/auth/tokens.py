@@ -13,6 +13,11 @@ from joserfc.jwk import OctKey
 ISSUER = "pia-server"
 AUDIENCE = "pia-client"
 LEEWAY_SECONDS = 30
+# Verified tokens remembered per instance: a client sends the same token on every request for
+# its lifetime, and checking its signature and claims again costs more than the sync status
+# queries. Only a token that verified can get in (the key is the whole string), and expiry is
+# checked on every use. Past the bound the oldest entries go first.
+_VERIFIED_CACHE_SIZE = 8192
 
 
 class TokenError(Exception):
@@ -46,6 +51,7 @@ class AccessTokens:
             sub={"essential": True},
             exp={"essential": True},
         )
+        self._verified: dict[str, AccessClaims] = {}
 
     def issue(self, user_id: str, now: int | None = None) -> str:
         issued = int(time.time()) if now is None else now
@@ -60,6 +66,19 @@ class AccessTokens:
         return jwt.encode({"alg": "HS256", "typ": "JWT"}, claims, self._key)
 
     def verify(self, token: str) -> AccessClaims:
+        cached = self._verified.get(token)
+        if cached is not None:
+            if cached.expires_at + self.leeway_seconds < time.time():
+                del self._verified[token]
+                raise TokenError("token_expired", "The access token has expired.")
+            return cached
+        claims = self._verify_signed(token)
+        if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+            del self._verified[next(iter(self._verified))]
+        self._verified[token] = claims
+        return claims
+
+    def _verify_signed(self, token: str) -> AccessClaims:
         try:
             # Only HS256: "none" and every other algorithm are refused here.
             decoded = jwt.decode(token, self._key, algorithms=["HS256"])

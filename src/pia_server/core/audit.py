@@ -35,6 +35,10 @@ audit_events = Table(
 )
 
 
+# Built once: every push and sign-in records an event.
+_INSERT_EVENT = insert(audit_events)
+
+
 @dataclass(frozen=True, slots=True)
 class RequestOrigin:
     """Where a request came from, for the audit log."""
@@ -54,15 +58,14 @@ async def record_event(
     details: dict[str, Any] | None = None,
 ) -> None:
     origin = origin or RequestOrigin()
-    await conn.execute(
-        insert(audit_events).values(
-            user_id=user_id,
-            event=event,
-            created_at=now_ticks(),
-            ip=origin.ip,
-            user_agent=(origin.user_agent or "")[:256] or None,
-            device_id=device_id,
-            provider=provider,
-            details=json.dumps(details or {}, separators=(",", ":")),
-        )
-    )
+    row = {
+        "user_id": user_id,
+        "event": event,
+        "created_at": now_ticks(),
+        "ip": origin.ip,
+        "user_agent": (origin.user_agent or "")[:256] or None,
+        "device_id": device_id,
+        "provider": provider,
+        "details": json.dumps(details or {}, separators=(",", ":")),
+    }
+    await conn.execute(_INSERT_EVENT, row)

@@ -31,6 +31,7 @@ from sqlalchemy.pool import ConnectionPoolEntry
 from pia_server.core.config import Settings
 from pia_server.core.hotpool import HotPool
 from pia_server.core.rawsql import RawConnection
+from pia_server.core.sqlite_driver import one_hop_connector
 
 metadata = MetaData(
     naming_convention={
@@ -57,15 +58,17 @@ def build_engine(settings: Settings) -> AsyncEngine:
     db = settings.database
     if url.startswith("sqlite"):
         path = _sqlite_path(url)
+        options: dict[str, Any] = {"connect_args": {"timeout": db.statement_timeout_seconds}}
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
+            options = {"async_creator": one_hop_connector(str(path), db.statement_timeout_seconds)}
         engine = create_async_engine(
             url,
             echo=db.echo,
             pool_size=db.pool_size,
             max_overflow=db.max_overflow,
-            connect_args={"timeout": db.statement_timeout_seconds},
             pool_reset_on_return=None,
+            **options,
         )
         _install_sqlite_hooks(engine)
         return engine

@@ -239,13 +239,21 @@ async def is_e2ee_enabled(conn: ReadConnection, user_id: str) -> bool:
     return bool(rows) and rows[0][0] is not None
 
 
+_TOUCH_DEVICE = (
+    update(e2ee_devices)
+    .where(
+        e2ee_devices.c.user_id == bindparam("uid"),
+        e2ee_devices.c.device_id == bindparam("did"),
+    )
+    .values(last_seen_at=bindparam("now"))
+)
+
+
 async def touch_device(conn: AsyncConnection, user_id: str, device_id: str) -> None:
     """Record that a known device of this user was seen now (``lastSeenAt``); unknown: no-op."""
-    await conn.execute(
-        update(e2ee_devices)
-        .where(e2ee_devices.c.user_id == user_id, e2ee_devices.c.device_id == device_id)
-        .values(last_seen_at=now_ticks())
-    )
+    # Built once: this runs on every push.
+    params = {"uid": user_id, "did": device_id, "now": now_ticks()}
+    await conn.execute(_TOUCH_DEVICE, params)
 
 
 # --------------------------------------------------------------------------

@@ -61,10 +61,10 @@ class _Incoming:
     item: EntityDto
     ts: int
     _payload: str | None = None
+    key: tuple[str, str] = field(init=False)
 
-    @property
-    def key(self) -> tuple[str, str]:
-        return (self.et.name, self.entity_id)
+    def __post_init__(self) -> None:
+        self.key = (self.et.name, self.entity_id)
 
     @property
     def encrypted(self) -> bool:
@@ -161,9 +161,10 @@ class SyncService:
 
         def add(entry: _Incoming) -> None:
             # The same id twice in one push: the newer one (the later one on a tie) counts.
-            previous = incoming.get(entry.key)
+            key = entry.key
+            previous = incoming.get(key)
             if previous is None or entry.ts >= previous.ts:
-                incoming[entry.key] = entry
+                incoming[key] = entry
 
         for et in ENTITY_TYPES:
             value = getattr(request, et.attr)

@@ -9,9 +9,9 @@ no push or status has to aggregate a user's whole data set.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -102,9 +102,31 @@ sync_devices = Table(
 
 def _insert(conn: AsyncConnection, table: Table) -> Any:
     """The dialect's INSERT (both have ON CONFLICT)."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
+    return _insert_for(conn.dialect.name, table)
+
+
+def _insert_for(dialect: str, table: Table) -> Any:
+    return postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table)
+
+
+_T = TypeVar("_T")
+
+
+def _per_dialect(build: Callable[[str], _T]) -> Callable[[AsyncConnection], _T]:
+    """A statement built once per dialect, its values bound at execution.
+
+    Building a Core statement (and its cache key) on every push cost more than running it.
+    """
+    built: dict[str, _T] = {}
+
+    def get(conn: AsyncConnection) -> _T:
+        name = conn.dialect.name
+        found = built.get(name)
+        if found is None:
+            found = built[name] = build(name)
+        return found
+
+    return get
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,14 +137,13 @@ class SyncState:
     last_pull_at: int | None
 
 
-async def lock_state(conn: AsyncConnection, user_id: str) -> SyncState:
-    """Create or lock the user's state row and return it.
-
-    ON CONFLICT DO UPDATE locks the row on PostgreSQL until the transaction ends, so one user's
-    pushes queue up here; SQLite writers are already serialized by BEGIN IMMEDIATE.
-    """
-    stmt = _insert(conn, sync_state).values(user_id=user_id, last_seq=0, last_changed_at=0)
-    stmt = stmt.on_conflict_do_update(
+@_per_dialect
+def _lock_state_stmt(dialect: str) -> Any:
+    # Bound names differ from the column names: SQLAlchemy reserves those in VALUES and SET.
+    stmt = _insert_for(dialect, sync_state).values(
+        user_id=bindparam("uid"), last_seq=0, last_changed_at=0
+    )
+    return stmt.on_conflict_do_update(
         index_elements=[sync_state.c.user_id],
         # A no-op update: its point is the row lock (and RETURNING the current values).
         set_={"last_seq": sync_state.c.last_seq},
@@ -132,8 +153,53 @@ async def lock_state(conn: AsyncConnection, user_id: str) -> SyncState:
         sync_state.c.last_push_at,
         sync_state.c.last_pull_at,
     )
-    row = (await conn.execute(stmt)).one()
+
+
+async def lock_state(conn: AsyncConnection, user_id: str) -> SyncState:
+    """Create or lock the user's state row and return it.
+
+    ON CONFLICT DO UPDATE locks the row on PostgreSQL until the transaction ends, so one user's
+    pushes queue up here; SQLite writers are already serialized by BEGIN IMMEDIATE.
+    """
+    row = (await conn.execute(_lock_state_stmt(conn), {"uid": user_id})).one()
     return SyncState(row[0], row[1], row[2], row[3])
+
+
+_SAVE_STATE = (
+    update(sync_state)
+    .where(sync_state.c.user_id == bindparam("uid"))
+    .values(
+        last_seq=bindparam("new_seq"),
+        last_changed_at=bindparam("new_changed_at"),
+        last_push_at=bindparam("new_push_at"),
+    )
+)
+_MARK_PULLED = (
+    update(sync_state)
+    .where(sync_state.c.user_id == bindparam("uid"))
+    .values(last_pull_at=bindparam("when"))
+)
+
+
+async def save_state(
+    conn: AsyncConnection,
+    user_id: str,
+    *,
+    last_seq: int,
+    last_changed_at: int,
+    last_push_at: int,
+) -> None:
+    params = {
+        "uid": user_id,
+        "new_seq": last_seq,
+        "new_changed_at": last_changed_at,
+        "new_push_at": last_push_at,
+    }
+    await conn.execute(_SAVE_STATE, params)
+
+
+async def mark_pulled(conn: AsyncConnection, user_id: str, when: int) -> None:
+    await conn.execute(_MARK_PULLED, {"uid": user_id, "when": when})
 
 
 # Reads on every pull and status request run on the bare driver (see core.rawsql).
@@ -151,27 +217,6 @@ _STATE = RawQuery(
 async def read_state(conn: ReadConnection, user_id: str) -> SyncState | None:
     rows = await _STATE.all(conn, user_id=user_id)
     return SyncState(*rows[0]) if rows else None
-
-
-async def save_state(
-    conn: AsyncConnection,
-    user_id: str,
-    *,
-    last_seq: int,
-    last_changed_at: int,
-    last_push_at: int,
-) -> None:
-    await conn.execute(
-        update(sync_state)
-        .where(sync_state.c.user_id == user_id)
-        .values(last_seq=last_seq, last_changed_at=last_changed_at, last_push_at=last_push_at)
-    )
-
-
-async def mark_pulled(conn: AsyncConnection, user_id: str, when: int) -> None:
-    await conn.execute(
-        update(sync_state).where(sync_state.c.user_id == user_id).values(last_pull_at=when)
-    )
 
 
 @dataclass(slots=True)
@@ -195,12 +240,35 @@ def _chunks(values: Sequence[str], size: int = _IN_CHUNK) -> Iterable[Sequence[s
         yield values[start : start + size]
 
 
-def _id_in(conn: AsyncConnection, ids: Sequence[str]) -> ColumnElement[bool]:
+def _id_in(dialect: str) -> ColumnElement[bool]:
     """``entity_id IN (...)``; on PostgreSQL one array parameter (``= ANY``), one cached plan."""
-    if conn.dialect.name == "postgresql":
-        array = bindparam("entity_ids", list(ids), type_=postgresql.ARRAY(String(36)))
+    if dialect == "postgresql":
+        array = bindparam("entity_ids", type_=postgresql.ARRAY(String(36)))
         return sync_records.c.entity_id == func.any(array)
-    return sync_records.c.entity_id.in_(ids)
+    return sync_records.c.entity_id.in_(bindparam("entity_ids", expanding=True))
+
+
+@_per_dialect
+def _meta_stmt(dialect: str) -> Any:
+    t = sync_records.c
+    return select(
+        t.entity,
+        t.entity_id,
+        t.entity_ts,
+        t.changed_at,
+        t.deleted,
+        t.deleted_at,
+        t.size,
+        t.encrypted,
+    ).where(t.user_id == bindparam("user_id"), _id_in(dialect))
+
+
+@_per_dialect
+def _payloads_stmt(dialect: str) -> Any:
+    t = sync_records.c
+    return select(t.entity, t.entity_id, t.payload, t.secret).where(
+        t.user_id == bindparam("user_id"), _id_in(dialect)
+    )
 
 
 async def fetch_meta(
@@ -208,20 +276,9 @@ async def fetch_meta(
 ) -> dict[tuple[str, str], StoredMeta]:
     """Stored timestamps and flags of these ids (any type), keyed by ``(entity, id)``."""
     out: dict[tuple[str, str], StoredMeta] = {}
-    t = sync_records.c
+    stmt = _meta_stmt(conn)
     for chunk in _chunks(entity_ids):
-        result = await conn.execute(
-            select(
-                t.entity,
-                t.entity_id,
-                t.entity_ts,
-                t.changed_at,
-                t.deleted,
-                t.deleted_at,
-                t.size,
-                t.encrypted,
-            ).where(t.user_id == user_id, _id_in(conn, chunk))
-        )
+        result = await conn.execute(stmt, {"user_id": user_id, "entity_ids": list(chunk)})
         for row in result:
             out[(row[0], row[1])] = StoredMeta(
                 row[2], row[3], bool(row[4]), row[5], row[6], bool(row[7])
@@ -236,25 +293,19 @@ async def fetch_payloads(
     out: dict[tuple[str, str], tuple[str, str | None]] = {}
     wanted = set(keys)
     ids = sorted({k[1] for k in keys})
-    t = sync_records.c
+    stmt = _payloads_stmt(conn)
     for chunk in _chunks(ids):
-        result = await conn.execute(
-            select(t.entity, t.entity_id, t.payload, t.secret).where(
-                t.user_id == user_id, _id_in(conn, chunk)
-            )
-        )
+        result = await conn.execute(stmt, {"user_id": user_id, "entity_ids": list(chunk)})
         for row in result:
             if (row[0], row[1]) in wanted:
                 out[(row[0], row[1])] = (row[2], row[3])
     return out
 
 
-async def write_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Insert or replace whole records (one statement, executemany)."""
-    if not rows:
-        return
-    stmt = _insert(conn, sync_records)
-    stmt = stmt.on_conflict_do_update(
+@_per_dialect
+def _write_records_stmt(dialect: str) -> Any:
+    stmt = _insert_for(dialect, sync_records)
+    return stmt.on_conflict_do_update(
         index_elements=[sync_records.c.user_id, sync_records.c.entity_id, sync_records.c.entity],
         set_={
             name: stmt.excluded[name]
@@ -271,7 +322,12 @@ async def write_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> No
             )
         },
     )
-    await conn.execute(stmt, rows)
+
+
+async def write_records(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Insert or replace whole records (one statement, executemany)."""
+    if rows:
+        await conn.execute(_write_records_stmt(conn), rows)
 
 
 async def read_usage(conn: AsyncConnection, user_id: str) -> dict[str, tuple[int, int]]:
@@ -284,6 +340,18 @@ async def read_usage(conn: AsyncConnection, user_id: str) -> dict[str, tuple[int
     return {row[0]: (int(row[1]), int(row[2])) for row in result}
 
 
+@_per_dialect
+def _add_usage_stmt(dialect: str) -> Any:
+    stmt = _insert_for(dialect, sync_usage)
+    return stmt.on_conflict_do_update(
+        index_elements=[sync_usage.c.user_id, sync_usage.c.entity],
+        set_={
+            "records": sync_usage.c.records + stmt.excluded.records,
+            "bytes": sync_usage.c.bytes + stmt.excluded.bytes,
+        },
+    )
+
+
 async def add_usage(
     conn: AsyncConnection, user_id: str, deltas: dict[str, tuple[int, int]]
 ) -> None:
@@ -292,28 +360,29 @@ async def add_usage(
         for entity, (records, size) in deltas.items()
         if records or size
     ]
-    if not rows:
-        return
-    stmt = _insert(conn, sync_usage)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[sync_usage.c.user_id, sync_usage.c.entity],
-        set_={
-            "records": sync_usage.c.records + stmt.excluded.records,
-            "bytes": sync_usage.c.bytes + stmt.excluded.bytes,
-        },
-    )
-    await conn.execute(stmt, rows)
+    if rows:
+        await conn.execute(_add_usage_stmt(conn), rows)
 
 
-async def touch_sync_device(conn: AsyncConnection, user_id: str, device_id: str, when: int) -> None:
-    stmt = _insert(conn, sync_devices).values(
-        user_id=user_id, device_id=device_id, first_seen_at=when, last_seen_at=when, pushes=1
+@_per_dialect
+def _touch_device_stmt(dialect: str) -> Any:
+    when = bindparam("when", type_=BigInteger())
+    stmt = _insert_for(dialect, sync_devices).values(
+        user_id=bindparam("uid"),
+        device_id=bindparam("did"),
+        first_seen_at=when,
+        last_seen_at=when,
+        pushes=1,
     )
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=[sync_devices.c.user_id, sync_devices.c.device_id],
         set_={"last_seen_at": stmt.excluded.last_seen_at, "pushes": sync_devices.c.pushes + 1},
     )
-    await conn.execute(stmt)
+
+
+async def touch_sync_device(conn: AsyncConnection, user_id: str, device_id: str, when: int) -> None:
+    params = {"uid": user_id, "did": device_id, "when": when}
+    await conn.execute(_touch_device_stmt(conn), params)
 
 
 async def list_devices(conn: AsyncConnection, user_id: str) -> list[tuple[str, int, int, int]]:
