@@ -36,6 +36,10 @@ async def startup(ctx: AppContext) -> None:
     ctx.domains["sync"] = SyncService(ctx.db, ctx.settings, cipher)
 
 
+async def shutdown(ctx: AppContext) -> None:
+    await ctx.domain("sync", SyncService).pull_marks.close()
+
+
 def _service(request: Request) -> SyncService:
     return get_context(request).domain("sync", SyncService)
 

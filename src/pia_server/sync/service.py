@@ -27,6 +27,7 @@ from pia_server.e2ee import storage as e2ee_storage
 from pia_server.sync import storage
 from pia_server.sync.errors import e2ee_required, invalid_cursor, quota_exceeded
 from pia_server.sync.keys import SecretCipher
+from pia_server.sync.pull_marks import PullMarks
 from pia_server.sync.schemas import (
     COLLECTION_TYPES,
     EMPTY_GUID,
@@ -149,6 +150,7 @@ class SyncService:
         self.cipher = cipher
         # The server clock (ticks); a simulation may replace it.
         self.clock: Callable[[], int] = now_ticks
+        self.pull_marks = PullMarks(db)
 
     # ------------------------------------------------------------------ push
 
@@ -563,11 +565,9 @@ class SyncService:
             server_ts = max([state.last_changed_at if state else 0, *(r.changed_at for r in rows)])
             next_seq = max([last_seq, after_seq or 0, *(r.seq for r in rows)])
         body = self._pull_body(user_id, rows, server_ts, has_more, encode_cursor(next_seq))
-        if state is not None and (
-            state.last_pull_at is None or now - state.last_pull_at > _PULL_MARK_INTERVAL
-        ):
-            async with self.db.write() as conn:
-                await storage.mark_pulled(conn, user_id, now)
+        last_pull = self._last_pull(user_id, state)
+        if state is not None and (last_pull is None or now - last_pull > _PULL_MARK_INTERVAL):
+            self.pull_marks.note(user_id, now)
         return PullResult(body=body, etag=etag, records=len(rows))
 
     def _pull_body(
@@ -637,7 +637,7 @@ class SyncService:
         return SyncStatusResponse(
             server_time=self.clock(),
             last_push_at=state.last_push_at if state else None,
-            last_pull_at=state.last_pull_at if state else None,
+            last_pull_at=self._last_pull(user_id, state),
             change_sequence=state.last_seq if state else 0,
             entities=entities,
             total_records=sum(e.records for e in entities.values()),
@@ -649,6 +649,14 @@ class SyncService:
             conflict_strategy=self.settings.sync.conflict_strategy,
             e2ee_enabled=e2ee,
         )
+
+    def _last_pull(self, user_id: str, state: storage.SyncState | None) -> int | None:
+        """The stored mark, or this instance's newer one not yet written."""
+        stored = state.last_pull_at if state else None
+        pending = self.pull_marks.pending(user_id)
+        if pending is None:
+            return stored
+        return pending if stored is None else max(stored, pending)
 
     async def events(self, user_id: str, limit: int, before: int | None) -> SyncEventsResponse:
         t = audit_events.c

@@ -27,6 +27,7 @@ from sqlalchemy import (
     Text,
     bindparam,
     func,
+    or_,
     select,
     update,
 )
@@ -176,7 +177,11 @@ _SAVE_STATE = (
 )
 _MARK_PULLED = (
     update(sync_state)
-    .where(sync_state.c.user_id == bindparam("uid"))
+    .where(
+        sync_state.c.user_id == bindparam("uid"),
+        # Another instance may have written a later mark already.
+        or_(sync_state.c.last_pull_at.is_(None), sync_state.c.last_pull_at < bindparam("when")),
+    )
     .values(last_pull_at=bindparam("when"))
 )
 
@@ -198,8 +203,10 @@ async def save_state(
     await conn.execute(_SAVE_STATE, params)
 
 
-async def mark_pulled(conn: AsyncConnection, user_id: str, when: int) -> None:
-    await conn.execute(_MARK_PULLED, {"uid": user_id, "when": when})
+async def mark_pulled(conn: AsyncConnection, marks: dict[str, int]) -> None:
+    """Set ``last_pull_at`` of several users (user id -> ticks) in one statement."""
+    rows = [{"uid": user_id, "when": when} for user_id, when in marks.items()]
+    await conn.execute(_MARK_PULLED, rows)
 
 
 # Reads on every pull and status request run on the bare driver (see core.rawsql).
