@@ -57,8 +57,10 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
     from pia_server.app import create_app
+    from pia_server.core.heap import freeze_startup_objects
 
     app = create_app(settings)
+    freeze_startup_objects()
     config = uvicorn.Config(
         app,
         host=settings.server.host,

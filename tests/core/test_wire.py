@@ -7,6 +7,8 @@ import json
 from uuid import UUID
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import Field, ValidationError
 
 from pia_server.core.wire import (
@@ -164,3 +166,27 @@ def test_acronyms_keep_the_client_spelling() -> None:
         assert Flags.model_validate_json(f'{{"{key}": true}}').is_e2ee_encrypted
     out = json.loads(Flags(is_e2ee_encrypted=True, e2ee_enabled=True).model_dump_json())
     assert out == {"isE2EEEncrypted": True, "e2eeEnabled": True}
+
+
+@given(st.integers(min_value=0, max_value=MAX_TICKS))
+def test_the_clients_own_form_parses_exactly(ticks: int) -> None:
+    text = format_timestamp(ticks)  # the "O" form with Z, as the client writes UTC
+    assert parse_timestamp(text) == ticks
+    assert parse_timestamp(text[:-1]) == ticks  # no suffix: UTC
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-02-29T00:00:00.0000000Z",  # not a leap year
+        "2026-01-01T24:00:00.0000000Z",
+        "2026-01-01T00:60:00.0000000Z",
+        "2026-01-01T00:00:60.0000000Z",
+        "0000-01-01T00:00:00.0000000Z",
+        "2026-01-01T00:00:00.00000\u0660\u0661Z",  # Arabic-Indic digits are not digits here
+        "2026-01-01T00:00:00.0000000X",
+    ],
+)
+def test_impossible_times_in_the_clients_form_are_refused(text: str) -> None:
+    with pytest.raises(TimestampError):
+        parse_timestamp(text)

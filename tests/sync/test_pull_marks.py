@@ -1,4 +1,4 @@
-""" "Last pulled at": a pull never waits for a write, and its mark is kept (batched, then stored)."""
+"""Pull marks ("last pulled at"): a pull never waits for a write; its mark is batched, then kept."""
 
 from __future__ import annotations
 

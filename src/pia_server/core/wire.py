@@ -38,7 +38,8 @@ MIN_TICKS = 0
 _TIMESTAMP_RE = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})"
     r"(?:\.(\d{1,9}))?"
-    r"(Z|z|[+-]\d{2}:?\d{2})?$"
+    r"(Z|z|[+-]\d{2}:?\d{2})?$",
+    re.ASCII,  # \d is 0-9 only: int() would take other scripts' digits too
 )
 
 

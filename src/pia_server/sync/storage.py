@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     BigInteger,
@@ -407,8 +407,8 @@ async def list_devices(conn: AsyncConnection, user_id: str) -> list[tuple[str, i
     return [(r[0], r[1], r[2], r[3]) for r in result]
 
 
-@dataclass(frozen=True, slots=True)
-class ChangedRow:
+class ChangedRow(NamedTuple):
+    # A tuple, not a frozen dataclass: a pull builds hundreds, four times faster this way.
     entity: str
     entity_id: str
     payload: str
