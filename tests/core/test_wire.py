@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import Field, ValidationError
 
+from pia_server.core import wire
 from pia_server.core.wire import (
     MAX_TICKS,
     TimestampError,
@@ -190,3 +192,21 @@ def test_the_clients_own_form_parses_exactly(ticks: int) -> None:
 def test_impossible_times_in_the_clients_form_are_refused(text: str) -> None:
     with pytest.raises(TimestampError):
         parse_timestamp(text)
+
+
+def _parsed(parse: Any, text: str) -> int | None:
+    try:
+        return int(parse(text))
+    except TimestampError:
+        return None
+
+
+def test_the_fast_path_agrees_with_the_general_parser() -> None:
+    # Every one-character change of the client's form, with and without the Z.
+    for ticks in (0, 639_000_000_000_000_000, MAX_TICKS):
+        for base in (format_timestamp(ticks), format_timestamp(ticks)[:-1]):
+            for position in range(len(base) + 1):
+                for char in "0123456789-T:.Z +z\u0661x":
+                    text = base[:position] + char + base[position + 1 :]
+                    expected = _parsed(wire._parse_general, text)
+                    assert _parsed(parse_timestamp, text) == expected, text

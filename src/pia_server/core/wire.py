@@ -47,8 +47,42 @@ class TimestampError(ValueError):
     """A timestamp that is not one the C# client can write."""
 
 
+def _parse_round_trip(text: str) -> int | None:
+    """The client's own form, ``2026-12-03T19:47:47.0341786`` with ``Z`` or nothing, fast.
+
+    A push carries two of these per record. The date and time go to the C parser (a fifth of
+    the general path's cost); ``None`` leaves anything else, or invalid, to the general parser.
+    """
+    if not (
+        text[4] == "-"
+        and text[7] == "-"
+        and text[10] == "T"
+        and text[13] == ":"
+        and text[16] == ":"
+        and text[19] == "."
+    ):
+        return None
+    fraction = text[20:27]
+    if not (fraction.isdigit() and fraction.isascii()):
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text[:19])
+    except ValueError:
+        return None
+    seconds = value.hour * 3600 + value.minute * 60 + value.second
+    return (value.toordinal() - 1) * TICKS_PER_DAY + seconds * TICKS_PER_SECOND + int(fraction)
+
+
 def parse_timestamp(text: str) -> int:
     """Parse a client timestamp into ticks (UTC). No suffix means UTC, an offset is converted."""
+    if len(text) == 27 or (len(text) == 28 and text[27] == "Z"):
+        ticks = _parse_round_trip(text)
+        if ticks is not None:
+            return ticks
+    return _parse_general(text)
+
+
+def _parse_general(text: str) -> int:
     match = _TIMESTAMP_RE.match(text.strip())
     if match is None:
         raise TimestampError(f"not an ISO-8601 timestamp: {text[:40]!r}")
