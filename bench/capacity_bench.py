@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import random
@@ -50,6 +49,7 @@ from bench.overhead_bench import (
     server_tree,
     start_server,
 )
+from pia_server.core.heap import freeze_startup_objects
 from pia_server.core.wire import TICKS_PER_SECOND, format_timestamp, now_ticks
 from support.server_process import ServerProcess
 
@@ -318,10 +318,10 @@ class Ramp:
             client.task = asyncio.create_task(client.run(self.state))
         self.clients += new
         self.newcomers = bool(new)
-        # The clients' records live as long as the run: keep them out of this process's full
-        # GC passes (80 ms at 750 clients), which would be measured as server latency.
-        gc.collect()
-        gc.freeze()
+        # The clients' records live as long as the run: keep them out of this process's GC
+        # passes (80 ms at 750 clients), which would be measured as server latency. The same
+        # settings as the server's (pia_server.core.heap).
+        freeze_startup_objects()
 
     async def measure(self, hold: float) -> StepResult:
         if self.newcomers:
