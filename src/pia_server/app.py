@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import ModuleType
@@ -34,6 +35,15 @@ log = structlog.get_logger("pia_server.app")
 # Each domain module exposes ``router`` and, optionally, ``async startup(ctx)`` and
 # ``async shutdown(ctx)`` for its own runtime state (kept in ``ctx.domains``).
 DOMAINS: tuple[ModuleType, ...] = (auth_router, sync_router, e2ee_router, ai_router)
+
+
+# FastAPI's own OpenTelemetry hooks (newer releases) look the providers up on every request;
+# pia-server exports its metrics for Prometheus itself (core.metrics), so they stay off.
+_NO_NATIVE_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    if "telemetry" in inspect.signature(FastAPI).parameters
+    else {}
+)
 
 
 def build_context(settings: Settings) -> AppContext:
@@ -97,6 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
         default_response_class=WireJSONResponse,
         responses=ERROR_RESPONSES,
+        **_NO_NATIVE_TELEMETRY,
     )
     app.state.ctx = ctx
     install_error_handlers(app)

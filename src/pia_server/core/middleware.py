@@ -12,9 +12,10 @@ For every HTTP request it:
 
 from __future__ import annotations
 
+import itertools
 import re
+import secrets
 import time
-import uuid
 import zlib
 from typing import Any
 
@@ -68,6 +69,13 @@ class RequestMiddleware:
         self.metrics = metrics
         self.max_body = max_body_bytes
         self.max_inflated = max_inflated_bytes
+        # Request ids: a random prefix per process and a counter (unique across instances
+        # without a system call per request, as uuid4 makes).
+        self._id_prefix = secrets.token_hex(8)
+        self._id_counter = itertools.count(1)
+
+    def _new_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._id_counter):016x}"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -77,7 +85,7 @@ class RequestMiddleware:
         request_id = (
             incoming.decode("latin-1")
             if incoming and _REQUEST_ID_RE.match(incoming.decode("latin-1"))
-            else uuid.uuid4().hex
+            else self._new_request_id()
         )
         scope.setdefault("state", {})["request_id"] = request_id
         structlog.contextvars.bind_contextvars(request_id=request_id)
