@@ -32,6 +32,7 @@ from pia_server.core.config import Settings
 from pia_server.core.hotpool import HotPool
 from pia_server.core.rawsql import RawConnection
 from pia_server.core.sqlite_driver import one_hop_connector
+from pia_server.core.waiting import acquire_within
 
 metadata = MetaData(
     naming_convention={
@@ -67,6 +68,7 @@ def build_engine(settings: Settings) -> AsyncEngine:
             echo=db.echo,
             pool_size=db.pool_size,
             max_overflow=db.max_overflow,
+            pool_timeout=db.connect_timeout_seconds,
             pool_reset_on_return=None,
             **options,
         )
@@ -120,13 +122,15 @@ class Database:
         self.is_sqlite = settings.is_sqlite
         # SQLite has one writer at a time. Queueing writers here wakes the next one the moment
         # the previous commits; left to SQLite's busy handler they sleep and poll (1-100 ms),
-        # which the capacity benchmark showed as the limit on concurrent pushes.
+        # which the capacity benchmark showed as the limit on concurrent pushes. The wait is
+        # bounded like a pool checkout (core.waiting).
         self._write_lock = asyncio.Lock() if self.is_sqlite else None
+        self._checkout_timeout = settings.database.connect_timeout_seconds
         # Up to half the pool serves hot reads; the rest stays for transactions.
         self._hot = HotPool(
             self.engine,
             size=max(1, (settings.database.pool_size + settings.database.max_overflow) // 2),
-            timeout=settings.database.connect_timeout_seconds,
+            timeout=self._checkout_timeout,
         )
 
     @asynccontextmanager
@@ -141,10 +145,14 @@ class Database:
             async with self.engine.connect() as conn, conn.begin():
                 yield conn
             return
-        async with self._write_lock, self.engine.connect() as conn:
-            conn = await conn.execution_options(**{_WRITE_OPTION: True})
-            async with conn.begin():
-                yield conn
+        await acquire_within(self._write_lock, self._checkout_timeout, "the SQLite writer")
+        try:
+            async with self.engine.connect() as conn:
+                conn = await conn.execution_options(**{_WRITE_OPTION: True})
+                async with conn.begin():
+                    yield conn
+        finally:
+            self._write_lock.release()
 
     @asynccontextmanager
     async def hot_read(self, *, snapshot: bool = False) -> AsyncIterator[RawConnection]:

@@ -141,12 +141,13 @@ def install_error_handlers(app: FastAPI) -> None:
         return api_error_response(validation_error(pydantic_errors(exc)))
 
     async def handle_database_error(request: Request, exc: Exception) -> Response:
-        # A lost or refused database connection is a 503 the client can retry, not a 500.
+        # A lost or refused database connection, or a wait for one past the checkout timeout
+        # (core.waiting), is a 503 the client can retry, not a 500.
         log.warning("database_unavailable", error=type(exc).__name__)
         return error_response(
             503,
             "database_unavailable",
-            "The database is not reachable right now; try again shortly.",
+            "The database is busy or not reachable right now; try again shortly.",
             {"Retry-After": "5"},
         )
 

@@ -5,18 +5,18 @@ the check-in after it cost two greenlet switches, about a tenth of ``GET /api/sy
 
 The connections come from the engine's pool and count against it, up to ``size`` of them; the
 rest of the pool stays for transactions. Callers beyond ``size`` wait their turn in arrival
-order (an ``asyncio.Semaphore`` is first come, first served), for at most ``timeout`` seconds,
-then get the pool's own ``TimeoutError`` (answered as 503 like any pool timeout).
+order (an ``asyncio.Semaphore`` is first come, first served), for at most ``timeout`` seconds
+(``core.waiting``).
 """
 
 from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from pia_server.core.rawsql import RawConnection
+from pia_server.core.waiting import acquire_within
 
 
 class HotPool:
@@ -28,16 +28,7 @@ class HotPool:
         self._idle: list[RawConnection] = []
 
     async def acquire(self) -> RawConnection:
-        if self._slots.locked():
-            try:
-                async with asyncio.timeout(self.timeout):
-                    await self._slots.acquire()
-            except TimeoutError:
-                raise PoolTimeoutError(
-                    f"no hot-read connection free within {self.timeout} s"
-                ) from None
-        else:
-            await self._slots.acquire()
+        await acquire_within(self._slots, self.timeout, "a hot-read connection")
         try:
             if self._idle:
                 return self._idle.pop()
