@@ -274,6 +274,7 @@ class StepResult:
     client_cpu_pct: float
     server_cpu_pct: float
     load_avg: float
+    rss_mib: list[float] = field(default_factory=list)  # each server's, after the step
 
     @property
     def held(self) -> bool:
@@ -285,7 +286,7 @@ class StepResult:
             f"p99 {self.p99_ms:7.1f} ms (pull {self.pull_p99_ms:.1f}, push "
             f"{self.push_p99_ms:.1f}), errors {sum(self.errors.values())} {self.errors or ''}, "
             f"CPU client {self.client_cpu_pct:.0f}% server {self.server_cpu_pct:.0f}%, "
-            f"load {self.load_avg:.2f} "
+            f"load {self.load_avg:.2f}, RSS {'/'.join(f'{r:.0f}' for r in self.rss_mib)} MiB "
             f"-> {'held' if self.held else 'NOT held'}"
         )
 
@@ -417,12 +418,16 @@ async def _capacity(backend: str, plan: Plan) -> list[dict[str, object]]:
                     await ramp.grow(count)
                     joined = time.monotonic() - joined
                     result = await ramp.measure(plan.hold)
+                    result.rss_mib = _rss(servers)
                     _log(f"{backend}: {result.line()} (newcomers joined in {joined:.0f} s)")
                     steps.append(result)
                     if not result.held:
                         break
-                memory["after ramp"] = _rss(servers)
                 held = [s for s in steps if s.held]
+                if held:
+                    # Before the step that was not held: its queued requests raise the peak.
+                    memory["at held step"] = held[-1].rss_mib
+                memory["after ramp"] = _rss(servers)
                 if held:
                     # Identical runs at the held step: memory must not keep growing.
                     if not steps[-1].held:
@@ -431,8 +436,9 @@ async def _capacity(backend: str, plan: Plan) -> list[dict[str, object]]:
                         await asyncio.sleep(REQUEST_TIMEOUT)
                     for run in range(plan.memory_runs):
                         result = await ramp.measure(plan.hold)
+                        result.rss_mib = _rss(servers)
                         _log(f"{backend}: memory run {run + 1}: {result.line()}")
-                        memory[f"after run {run + 1}"] = _rss(servers)
+                        memory[f"after run {run + 1}"] = result.rss_mib
             finally:
                 await ramp.stop()
         finally:
