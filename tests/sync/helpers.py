@@ -133,6 +133,59 @@ def column(id_: str | None = None, *, updated: str | None = None, **extra: Any) 
     return body
 
 
+def persona(id_: str | None = None, *, updated: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A later client's ``SyncPersona``, every field it writes."""
+    body: dict[str, Any] = {
+        "id": id_ or new_id(),
+        "name": "Patient tutor",
+        "tagline": "Explains twice",
+        "systemPrompt": "You are a patient tutor.",
+        "guardrails": "No homework answers.",
+        "outputFormat": "Markdown",
+        "expertise": ["maths", "physics"],
+        "archetype": "Teacher",
+        "modelType": "fast",
+        "emoji": "\U0001f9d1\u200d\U0001f3eb",
+        "accentColor": "#3366ff",
+        "toolScope": 2,
+        "preferredProviderId": new_id(),
+        "reasoningEffort": "medium",
+        "schemaVersion": 1,
+        "createdAt": ts(-600),
+        "updatedAt": updated or ts(),
+        "encryptedPayload": None,
+        "wrappedDek": None,
+    }
+    body.update(extra)
+    return body
+
+
+def scheduled_job(
+    id_: str | None = None, *, updated: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A later client's ``SyncScheduledJob``, every field it writes."""
+    body: dict[str, Any] = {
+        "id": id_ or new_id(),
+        "ownerDeviceId": "device-a",
+        "createdAt": ts(-600),
+        "updatedAt": updated or ts(),
+        "name": "Morning news",
+        "query": "Summarise the news on solar power",
+        "kind": "research",
+        "answerLength": "short",
+        "providerId": new_id(),
+        "recurrence": "weekly",
+        "timeOfDay": "08:30:00",
+        "dayOfWeek": 1,
+        "dayOfMonth": None,
+        "month": None,
+        "specificDate": None,
+        "status": "active",
+    }
+    body.update(extra)
+    return body
+
+
 def settings_dto(modified: str | None = None, **extra: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "defaultOutputAction": 1,
@@ -174,7 +227,12 @@ def push_body(
         "isE2EEEncrypted": e2ee,
         "settings": settings,
     }
-    for name in ENVELOPES:
+    # The later client's types (personas, scheduledJobs) only when a test names them.
+    names = [
+        *ENVELOPES,
+        *(n for n in (*collections, *deleted) if n not in (*ENVELOPES, "sessions")),
+    ]
+    for name in dict.fromkeys(names):
         body[name] = {"upserted": collections.get(name, []), "deleted": deleted.get(name, [])}
     body["sessions"] = {"added": sessions or [], "deleted": deleted.get("sessions", [])}
     return body

@@ -4,7 +4,7 @@ Every entity DTO keeps unknown keys (``extra="allow"``) so that fields of newer 
 ``ExampleText`` on templates keeps its PascalCase name on the wire. Timestamps are ticks
 (``WireTime``) and go back out with all 7 fractional digits and a ``Z``.
 
-To add an entity type (e.g. ``personas``): write its DTO here and add one :class:`EntityType` to
+To add an entity type: write its DTO here and add one :class:`EntityType` to
 :data:`ENTITY_TYPES`; the push request, the pull response, storage, quotas and status follow.
 """
 
@@ -101,6 +101,31 @@ class SyncKanbanColumn(EncryptedDto):
     sort_order: int | float = 0
     is_default_view: bool = False
     is_closed_column: bool = False
+    created_at: WireTime = 0
+    updated_at: WireTime = 0
+
+
+class SyncPersona(EncryptedDto):
+    """A later client's user persona. Fields not declared here (``archetype``, ``toolScope``,
+    ``emoji``, ...) round-trip as they came."""
+
+    name: str | None = None
+    tagline: str | None = None
+    system_prompt: str | None = None
+    guardrails: str | None = None
+    output_format: str | None = None
+    expertise: list[Any] | None = None
+    created_at: WireTime = 0
+    updated_at: WireTime = 0
+
+
+class SyncScheduledJob(EncryptedDto):
+    """A later client's scheduled job. Its schedule fields (``recurrence``, ``timeOfDay`` as
+    ``HH:mm:ss``, ``specificDate``, ...) round-trip as they came."""
+
+    owner_device_id: str | None = None
+    name: str | None = None
+    query: str | None = None
     created_at: WireTime = 0
     updated_at: WireTime = 0
 
@@ -222,6 +247,26 @@ ENTITY_TYPES: tuple[EntityType, ...] = (
         lambda k: k.updated_at,
         content_fields=("name",),
     ),
+    # Later clients only; earlier ones send neither and ignore both in a pull.
+    EntityType(
+        "personas",
+        SyncPersona,
+        lambda p: p.updated_at,
+        content_fields=(
+            "name",
+            "tagline",
+            "system_prompt",
+            "guardrails",
+            "output_format",
+            "expertise",
+        ),
+    ),
+    EntityType(
+        "scheduledJobs",
+        SyncScheduledJob,
+        lambda j: j.updated_at,
+        content_fields=("name", "query"),
+    ),
 )
 ENTITY_BY_NAME = {et.name: et for et in ENTITY_TYPES}
 COLLECTION_TYPES = tuple(et for et in ENTITY_TYPES if not et.singleton)
@@ -232,15 +277,16 @@ def has_plaintext_content(et: EntityType, item: EntityDto) -> bool:
 
     A plaintext record counts when any content field differs from its default. An encrypted
     record keeps its value-type fields at the client's defaults, so there only a readable text
-    field (one whose default is null) beside the ciphertext counts.
+    field (one whose default is null) beside the ciphertext counts, and only when not empty.
     """
     fields = type(item).model_fields
     encrypted = getattr(item, "encrypted_payload", None) is not None
     for name in et.content_fields:
         default = fields[name].get_default(call_default_factory=True)
-        if encrypted and default is not None:
+        value = getattr(item, name)
+        if encrypted and (default is not None or value in ("", [])):
             continue
-        if getattr(item, name) != default:
+        if value != default:
             return True
     return False
 
