@@ -6,11 +6,22 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from pia_server.core.wire import TICKS_PER_SECOND, format_timestamp, now_ticks, parse_timestamp
+from pia_server.e2ee import storage as e2ee_storage
 
 MIN_VALUE = "0001-01-01T00:00:00"
 ENVELOPES = ("templates", "providers", "memories", "todos", "kanbanColumns")
+
+
+def enable_e2ee_for(monkeypatch: pytest.MonkeyPatch, user_id: str) -> None:
+    """Make the e2ee domain report this user (only) as having E2EE enabled."""
+
+    async def enabled(conn: Any, candidate: str) -> bool:
+        return candidate == user_id
+
+    monkeypatch.setattr(e2ee_storage, "is_e2ee_enabled", enabled)
 
 
 def ts(seconds_from_now: float = 0.0, base: int | None = None) -> str:
@@ -228,11 +239,9 @@ def push_body(
         "settings": settings,
     }
     # The later client's types (personas, scheduledJobs) only when a test names them.
-    names = [
-        *ENVELOPES,
-        *(n for n in (*collections, *deleted) if n not in (*ENVELOPES, "sessions")),
-    ]
-    for name in dict.fromkeys(names):
+    names = dict.fromkeys([*ENVELOPES, *collections, *deleted])
+    names.pop("sessions", None)
+    for name in names:
         body[name] = {"upserted": collections.get(name, []), "deleted": deleted.get(name, [])}
     body["sessions"] = {"added": sessions or [], "deleted": deleted.get("sessions", [])}
     return body

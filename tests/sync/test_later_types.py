@@ -8,8 +8,17 @@ import httpx
 import pytest
 
 from conftest import UserFactory
-from pia_server.e2ee import storage as e2ee_storage
-from sync.helpers import MIN_VALUE, ids, persona, pull, push, push_body, scheduled_job, ts
+from sync.helpers import (
+    MIN_VALUE,
+    enable_e2ee_for,
+    ids,
+    persona,
+    pull,
+    push,
+    push_body,
+    scheduled_job,
+    ts,
+)
 
 SINCE_EVER = MIN_VALUE + ".0000000"
 
@@ -113,11 +122,7 @@ async def test_an_e2ee_account_refuses_readable_personas_and_jobs(
     plaintext: dict[str, Any],
 ) -> None:
     user = await make_user()
-
-    async def enabled(conn: Any, user_id: str) -> bool:
-        return user_id == user.id
-
-    monkeypatch.setattr(e2ee_storage, "is_e2ee_enabled", enabled)
+    enable_e2ee_for(monkeypatch, user.id)
     response = await client.post(
         "/api/sync/push", json=push_body(**{entity: [plaintext]}), headers=user.headers
     )
@@ -130,11 +135,7 @@ async def test_an_e2ee_account_stores_encrypted_personas_and_jobs_verbatim(
     client: httpx.AsyncClient, make_user: UserFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     user = await make_user()
-
-    async def enabled(conn: Any, user_id: str) -> bool:
-        return user_id == user.id
-
-    monkeypatch.setattr(e2ee_storage, "is_e2ee_enabled", enabled)
+    enable_e2ee_for(monkeypatch, user.id)
     # Text under the ciphertext, nulled or empty beside it; the plain metadata stays.
     sealed = {"encryptedPayload": "AWN0", "wrappedDek": "ZGVr"}
     encrypted_persona = persona(

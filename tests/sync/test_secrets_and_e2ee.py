@@ -16,7 +16,16 @@ from conftest import UserFactory, client_for, create_test_user, running_app
 from pia_server.core.config import ConfigError, load_settings
 from pia_server.e2ee import storage as e2ee_storage
 from pia_server.sync.storage import sync_records
-from sync.helpers import memory, provider, pull, push, push_body, settings_dto, todo
+from sync.helpers import (
+    enable_e2ee_for,
+    memory,
+    provider,
+    pull,
+    push,
+    push_body,
+    settings_dto,
+    todo,
+)
 
 SECRET = "sk-test-SECRET-123"
 
@@ -88,11 +97,7 @@ async def test_plaintext_push_to_an_e2ee_account_stores_nothing(
     client: httpx.AsyncClient, make_user: UserFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     user = await make_user()
-
-    async def enabled(conn: Any, user_id: str) -> bool:
-        return user_id == user.id
-
-    monkeypatch.setattr(e2ee_storage, "is_e2ee_enabled", enabled)
+    enable_e2ee_for(monkeypatch, user.id)
     response = await client.post(
         "/api/sync/push", json=push_body(todos=[todo()]), headers=user.headers
     )
